@@ -1,0 +1,167 @@
+"""A result cache keyed by content: (function, resolved config, normlib's code, torch version).
+
+``cached_call(fn, config)`` returns ``fn(**config)``, computed once: the result is pickled into
+``<root>/<key[:2]>/<key>.pkl``, where ``key`` is :func:`cache_key`. Any change to the config, to any ``.py`` file of
+normlib, or to the torch version gives a new key, so a stale result is never returned. Code *outside* normlib
+(a test helper, a notebook's own function) is identified by its qualified name only: pass ``refresh=True`` after
+changing it.
+
+An entry is one file: an 8-byte magic, the 64-character key, the sha256 of the payload, then the pickled payload.
+It is written to a temporary file in the same folder, fsynced and moved into place with ``os.replace``, so a reader
+(or a killed writer) never sees half an entry. An entry that fails any check (magic, key, checksum, unpickling) is
+logged as a warning and recomputed, never trusted. Entries are pickles: only read a cache folder you wrote.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import numbers
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["cache_root", "code_fingerprint", "cache_key", "cached_call", "lookup", "entry_path"]
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"NLCACHE1"
+_DIGEST = 32  # bytes of a sha256
+_HEADER = len(MAGIC) + 64 + _DIGEST
+
+
+def cache_root() -> Path:
+    """``$NORMLIB_CACHE`` if set, else ``runs/cache`` under the current working directory (absolute)."""
+    root = os.environ.get("NORMLIB_CACHE")
+    return Path(root).expanduser().absolute() if root else Path.cwd() / "runs" / "cache"
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 over every ``.py`` file of the installed normlib package (relative path and bytes, sorted by path).
+
+    Computed once per process: a process sees the code it imported.
+    """
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py"), key=lambda p: p.relative_to(package).as_posix()):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname``; a lambda or a local function is refused, as its name does not identify its code."""
+    qualname = getattr(fn, "__qualname__", None)
+    if qualname is None or not callable(fn):
+        raise TypeError(f"fn must be a function, got {type(fn).__name__}")
+    if "<lambda>" in qualname or "<locals>" in qualname:
+        raise TypeError(f"cannot cache {fn.__module__}.{qualname}: a lambda or a function defined inside another "
+                        f"one is not identified by its name; define it at module level")
+    return f"{fn.__module__}.{qualname}"
+
+
+def _canonical(value: Any, where: str) -> Any:
+    """``value`` as plain JSON types (tuples as lists, numpy scalars as numbers), or a TypeError naming ``where``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, str):
+                raise TypeError(f"config key {where}[{k!r}] is not a string; config keys must be strings")
+        return {k: _canonical(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise TypeError(f"config value {where} has type {type(value).__name__}, which is not JSON-serializable; "
+                    f"use str, int, float, bool, None, or lists/dicts of them")
+
+
+def cache_key(fn: Callable[..., Any], config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``{fn: module.qualname, config, code: code_fingerprint(), torch: version}``.
+
+    Canonical: sorted keys, no whitespace, tuples as lists, floats in Python's shortest exact ``repr``. A value
+    that is not JSON-serializable raises a TypeError naming its key.
+    """
+    record = {"fn": _function_name(fn), "config": _canonical(config, "config"), "code": code_fingerprint(),
+              "torch": torch.__version__}
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def entry_path(key: str, root: str | os.PathLike | None = None) -> Path:
+    """The file of entry ``key``: ``<root>/<key[:2]>/<key>.pkl`` (``root`` defaults to :func:`cache_root`)."""
+    return Path(root if root is not None else cache_root()) / key[:2] / f"{key}.pkl"
+
+
+def lookup(fn: Callable[..., Any], config: dict[str, Any], *, root: str | os.PathLike | None = None
+           ) -> tuple[bool, Any]:
+    """``(True, result)`` if a valid entry for ``fn(**config)`` exists, else ``(False, None)``; computes nothing."""
+    key = cache_key(fn, config)
+    return _read(entry_path(key, root), key)
+
+
+def cached_call(fn: Callable[..., Any], config: dict[str, Any], *, root: str | os.PathLike | None = None,
+                refresh: bool = False) -> Any:
+    """``fn(**config)``, from the cache when a valid entry exists, else computed and stored.
+
+    ``root`` defaults to :func:`cache_root`; ``refresh=True`` recomputes and overwrites the entry.
+    """
+    key = cache_key(fn, config)
+    path = entry_path(key, root)
+    if not refresh:
+        hit, result = _read(path, key)
+        if hit:
+            return result
+    result = fn(**config)
+    _write(path, key, result)
+    return result
+
+
+def _read(path: Path, key: str) -> tuple[bool, Any]:
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return False, None
+    payload = blob[_HEADER:]
+    if len(blob) < _HEADER:
+        problem = f"truncated: {len(blob)} bytes"
+    elif blob[:len(MAGIC)] != MAGIC:
+        problem = "bad magic"
+    elif blob[len(MAGIC):len(MAGIC) + 64] != key.encode():
+        problem = "it holds another key"
+    elif blob[len(MAGIC) + 64:_HEADER] != hashlib.sha256(payload).digest():
+        problem = "checksum mismatch (damaged or truncated)"
+    else:
+        try:
+            return True, pickle.loads(payload)
+        except Exception as err:  # a payload that passed its checksum but cannot be unpickled (e.g. a class moved)
+            problem = f"cannot unpickle: {err!r}"
+    log.warning("cache entry %s is unusable (%s); recomputing it", path, problem)
+    return False, None
+
+
+def _write(path: Path, key: str, result: Any) -> None:
+    payload = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    blob = MAGIC + key.encode() + hashlib.sha256(payload).digest() + payload
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
