@@ -1,0 +1,182 @@
+"""Parameters, presets and the one resolve-and-validate step every notebook and the command line go through.
+
+A notebook's ``parameters`` cell holds ``preset = "book"`` and one variable per parameter, each ``None`` by
+default, meaning "the preset's value". :meth:`ParamSpec.resolve` fills those in from the preset, coerces and
+validates every value *before any compute*, and raises :class:`ParameterError` with a message that names the
+parameter and lists what is allowed.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ParameterError", "Param", "ParamSpec", "PRESETS", "parse_cli_value"]
+
+#: The two scales every notebook offers: ``book`` runs on 2 CPU cores in seconds to minutes, ``paper`` is the
+#: paper's own scale, meant for a GPU or a cluster.
+PRESETS = ("book", "paper")
+
+_KINDS = ("int", "float", "str", "bool", "int_list", "float_list", "str_list", "optional_int", "optional_float")
+
+
+class ParameterError(ValueError):
+    """A parameter is unknown or has a value that is not allowed; the message names it and lists what is."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One notebook parameter: its type, what values it allows, and what it means.
+
+    ``kind`` is one of ``int, float, str, bool, int_list, float_list, str_list, optional_int, optional_float``;
+    ``choices`` restricts a ``str`` (or each item of a ``str_list``); ``minimum``/``maximum`` bound numbers (or
+    each item of a numeric list).
+    """
+
+    name: str
+    kind: str
+    doc: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"Param {self.name!r}: kind must be one of {list(_KINDS)}, got {self.kind!r}")
+
+    def allowed(self) -> str:
+        """A short human description of the allowed values."""
+        if self.choices is not None:
+            what = ", ".join(map(str, self.choices))
+            return f"a list of: {what}" if self.kind.endswith("list") else f"one of: {what}"
+        base = {"int": "an integer", "float": "a number", "str": "a string", "bool": "True or False",
+                "int_list": "a list of integers", "float_list": "a list of numbers", "str_list": "a list of strings",
+                "optional_int": "an integer or None", "optional_float": "a number or None"}[self.kind]
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f">= {self.minimum}")
+        if self.maximum is not None:
+            bounds.append(f"<= {self.maximum}")
+        return base + (f" ({', '.join(bounds)})" if bounds else "")
+
+    def _fail(self, value: Any, why: str = "") -> ParameterError:
+        reason = f" ({why})" if why else ""
+        return ParameterError(f"parameter {self.name!r}: invalid value {value!r}{reason}; allowed: {self.allowed()}")
+
+    def _number(self, value: Any, integer: bool) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._fail(value)
+        if integer and (isinstance(value, float) and not value.is_integer()):
+            raise self._fail(value)
+        number = int(value) if integer else float(value)
+        if self.minimum is not None and number < self.minimum:
+            raise self._fail(value)
+        if self.maximum is not None and number > self.maximum:
+            raise self._fail(value)
+        return number
+
+    def _string(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self._fail(value)
+        if self.choices is not None and value not in self.choices:
+            raise self._fail(value, "unknown value")
+        return value
+
+    def coerce(self, value: Any) -> Any:
+        """Return ``value`` converted to this parameter's type, or raise :class:`ParameterError`."""
+        kind = self.kind
+        if kind.startswith("optional_"):
+            return None if value is None else self._number(value, integer=kind == "optional_int")
+        if kind in ("int", "float"):
+            return self._number(value, integer=kind == "int")
+        if kind == "str":
+            return self._string(value)
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise self._fail(value)
+            return value
+        # Lists: a comma-separated string ("bn,gn") is accepted for the command line's sake.
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or len(items) == 0:
+            raise self._fail(value, "expected a non-empty list")
+        if kind == "str_list":
+            coerced = [self._string(item) for item in items]
+        else:
+            coerced = [self._number(_literal(item), integer=kind == "int_list") for item in items]
+        if len(set(coerced)) != len(coerced):
+            raise self._fail(value, "duplicate entries")
+        return coerced
+
+
+def _literal(text: Any) -> Any:
+    return parse_cli_value(text) if isinstance(text, str) else text
+
+
+def parse_cli_value(text: str) -> Any:
+    """Parse a value typed on the command line: a Python literal if it is one (``20``, ``0.1``, ``[1, 2]``,
+    ``True``, ``None``), otherwise the string itself (``bn``, ``bn,gn``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """All parameters of one notebook, its presets, and the checks that involve several parameters at once.
+
+    ``presets`` maps each name of :data:`PRESETS` to a complete set of values. Each entry of ``checks`` takes the
+    coerced configuration and raises :class:`ParameterError` when a combination is not allowed.
+    """
+
+    params: tuple[Param, ...]
+    presets: Mapping[str, Mapping[str, Any]]
+    checks: tuple[Callable[[dict[str, Any]], None], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.params]
+        for preset in PRESETS:
+            if preset not in self.presets:
+                raise ValueError(f"ParamSpec lacks the {preset!r} preset")
+            missing = sorted(set(names) - set(self.presets[preset]))
+            extra = sorted(set(self.presets[preset]) - set(names))
+            if missing or extra:
+                raise ValueError(f"preset {preset!r}: missing {missing}, unknown {extra}")
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise ParameterError(f"unknown parameter {name!r}; allowed: {', '.join(['preset', *self.names])}")
+
+    def resolve(self, preset: str = "book", **overrides: Any) -> dict[str, Any]:
+        """The preset's values with every non-``None`` override applied, coerced and validated.
+
+        Raises :class:`ParameterError` for an unknown preset, an unknown parameter name, or a value that is not
+        allowed, before anything is computed.
+        """
+        if preset not in PRESETS:
+            raise ParameterError(f"parameter 'preset': invalid value {preset!r}; allowed: one of: {', '.join(PRESETS)}")
+        for name in overrides:
+            self.param(name)
+        config: dict[str, Any] = {"preset": preset}
+        for p in self.params:
+            value = overrides.get(p.name)
+            config[p.name] = p.coerce(self.presets[preset][p.name] if value is None else value)
+        for check in self.checks:
+            check(config)
+        return config
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One row per parameter (name, allowed values, book and paper defaults, meaning), for ``normlib list``."""
+        return [
+            {"name": p.name, "allowed": p.allowed(), "book": self.presets["book"][p.name],
+             "paper": self.presets["paper"][p.name], "doc": p.doc}
+            for p in self.params
+        ]

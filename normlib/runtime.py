@@ -1,0 +1,77 @@
+"""Where code runs and what produced a result: device choice, seeding, provenance for footers and ``claims.json``."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["DEVICES", "resolve_device", "derive_seed", "provenance", "Stopwatch"]
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` picks CUDA when a GPU is present, else the CPU; ``"cuda"`` without a GPU is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"parameter 'device': invalid value {name!r}; allowed: one of: {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("parameter 'device': 'cuda' was asked for but torch sees no GPU; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A seed for one independent piece of an experiment (a repeat, a grid point), stable across runs."""
+    value = int(seed)
+    for part in parts:
+        value = (value * 1_000_003 + int(part) + 1) % (2**31 - 1)
+    return value
+
+
+def _git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = out.stdout.strip() or "unknown"
+    return commit + ("+dirty" if dirty.stdout.strip() else "")
+
+
+class Stopwatch:
+    """Wall time since construction, for the provenance footer."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def provenance(config: dict[str, Any], stopwatch: Stopwatch | None = None) -> dict[str, Any]:
+    """Commit, parameters, library and torch versions, device and wall time of a run."""
+    from normlib import __version__
+
+    device = resolve_device(config.get("device", "cpu")) if "device" in config else torch.device("cpu")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    record = {
+        "commit": _git_commit(),
+        "normlib": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": gpu or f"cpu ({torch.get_num_threads()} threads)",
+        "parameters": dict(config),
+    }
+    if stopwatch is not None:
+        record["wall_time_s"] = round(stopwatch.seconds, 1)
+    return record
