@@ -8,12 +8,15 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# One result cache for the book, `normlib claims` and `normlib run`, whatever folder a notebook runs in.
+export NORMLIB_CACHE ?= $(CURDIR)/runs/cache
 
-.PHONY: env book test bench claims clean constraints help
+.PHONY: env data book test bench claims clean constraints help
 
 help:
 	@echo "make book   - create the environment and build the book into _build/html"
 	@echo "make test   - create the environment and run the test suite"
+	@echo "make data   - get Fashion-MNIST (Debian package or checksum-verified download)"
 	@echo "make claims - evaluate every claim at the book's defaults"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make clean  - remove _build, runs/ and the environment"
@@ -26,9 +29,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 env: $(STAMP)
 
+# Fashion-MNIST, the book's dataset: Debian's dataset-fashion-mnist package where apt works as root,
+# else the checksum-verified upstream download.
+data: env
+	@if $(BIN)/python -c "from normlib.data import load_dataset; load_dataset('fashion-mnist', split='test', subset=10)" 2>/dev/null; then \
+	  echo "Fashion-MNIST: found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	    || $(BIN)/python -m normlib fetch fashion-mnist; \
+	else \
+	  $(BIN)/python -m normlib fetch fashion-mnist; \
+	fi
+
 # jupyter-cache cannot see changes inside normlib, so the book always re-executes every notebook
 # (execute_notebooks: force in _config.yml) and starts from an empty build folder.
-book: env
+book: env data
 	rm -rf _build
 	$(BIN)/jupyter-book build . -W --keep-going
 

@@ -101,10 +101,9 @@ class Param:
         items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or len(items) == 0:
             raise self._fail(value, "expected a non-empty list")
-        if kind == "str_list":
-            coerced = [self._string(item) for item in items]
-        else:
-            coerced = [self._number(_literal(item), integer=kind == "int_list") for item in items]
+        if kind != "str_list":
+            return [self._number(_literal(item), integer=kind == "int_list") for item in items]
+        coerced = [self._string(item) for item in items]
         if len(set(coerced)) != len(coerced):
             raise self._fail(value, "duplicate entries")
         return coerced

@@ -64,6 +64,7 @@ __all__ = [
     "StreamUnit",
     "STREAM_UNITS",
     "padding_fraction",
+    "padding_leak",
     "mean_field_stream",
 ]
 
@@ -285,16 +286,32 @@ STREAM_UNITS: dict[str, StreamUnit] = {
 }
 
 
-def padding_fraction(size: int, kernel_size: int = 3) -> float:
-    r"""Average fraction of a zero-padded ``kernel_size`` x ``kernel_size`` convolution's taps that land inside a
-    ``size`` x ``size`` map (stride 1, "same" padding); :math:`((3s-2)/(3s))^2` for a 3x3 kernel. Border outputs sum
-    fewer inputs, which lowers the output's second moment by this factor (0.92 at 16x16, 0.69 at 4x4)."""
+def _tap_fractions(size: int, kernel_size: int = 3) -> np.ndarray:
+    """Fraction of a zero-padded ``kernel_size`` x ``kernel_size`` kernel inside a ``size`` x ``size`` map, at
+    every output position (stride 1, "same" padding)."""
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     half = kernel_size // 2
     rows = np.arange(size)
-    valid = np.sum(np.minimum(size - 1, rows + half) - np.maximum(0, rows - half) + 1)
-    return float((valid / (kernel_size * size)) ** 2)
+    per_row = (np.minimum(size - 1, rows + half) - np.maximum(0, rows - half) + 1) / kernel_size
+    return np.outer(per_row, per_row)
+
+
+def padding_fraction(size: int, kernel_size: int = 3) -> float:
+    r"""Average fraction :math:`\mathbb E[f]` of a zero-padded convolution's taps that land inside a
+    ``size`` x ``size`` map; :math:`((3s-2)/(3s))^2` for a 3x3 kernel. Border outputs sum fewer inputs, which lowers
+    the output's second moment by this factor (0.92 at 16x16, 0.69 at 4x4)."""
+    return float(_tap_fractions(size, kernel_size).mean())
+
+
+def padding_leak(size: int, kernel_size: int = 3) -> float:
+    r""":math:`\mathbb E[f(1-f)]` over output positions (derived). A convolution whose weights are standardized to
+    zero mean (SWS) removes the mean :math:`\bar u` of its input only where the whole kernel is inside the map: over
+    random standardized weights of total power :math:`G`, a border position whose valid taps are a fraction
+    :math:`f` of all taps keeps :math:`G\,f(1-f)\,\bar u^2` of the mean (exchangeable weights that sum to zero),
+    so the output's second moment is :math:`G(\mathbb E[f]\,\mathrm{Var}(u)+\mathbb E[f(1-f)]\,\bar u^2)`."""
+    fractions = _tap_fractions(size, kernel_size)
+    return float((fractions * (1.0 - fractions)).mean())
 
 
 def mean_field_stream(
@@ -313,7 +330,8 @@ def mean_field_stream(
 
     Each entry of the stream is a *walker*. A convolution replaces its input by a fresh centred Gaussian whose
     variance is ``conv_gain`` times the input population's second moment (or variance), times the padding
-    fraction of the map (:func:`padding_fraction`); a normalizer rescales to ``norm_power``; activations act
+    fraction of the map (:func:`padding_fraction`; for standardized weights plus the mean that leaks at the
+    borders, :func:`padding_leak`); a normalizer rescales to ``norm_power``; activations act
     entry-wise. The blocks are those of :mod:`normlib.models`:
 
     * post: :math:`x' = \mathrm{act}(\text{short}(x) + g\,\mathrm{norm}(\mathrm{conv}(\mathrm{act}(\mathrm{norm}(\mathrm{conv}(x))))))`
@@ -340,11 +358,14 @@ def mean_field_stream(
     stream_act = _ACTIVATIONS[unit.stream_activation]
 
     fractions = [1.0] * (num_blocks + 1) if sizes is None else [padding_fraction(s) for s in sizes]
+    leaks = [0.0] * (num_blocks + 1) if sizes is None else [padding_leak(s) for s in sizes]
 
     def conv(u: np.ndarray, block_index: int) -> np.ndarray:
-        scale = np.var(u) if unit.centred_conv else np.mean(u**2)
-        gain = unit.conv_gain * fractions[block_index]
-        return np.sqrt(gain * scale) * rng.standard_normal(u.shape)
+        if unit.centred_conv:
+            power = fractions[block_index] * np.var(u) + leaks[block_index] * np.mean(u) ** 2
+        else:
+            power = fractions[block_index] * np.mean(u**2)
+        return np.sqrt(unit.conv_gain * power) * rng.standard_normal(u.shape)
 
     def norm(y: np.ndarray) -> np.ndarray:
         return y if unit.norm_power is None else y * np.sqrt(unit.norm_power / np.mean(y**2))

@@ -1,0 +1,221 @@
+"""The command line: ``python -m normlib list | run | claims``.
+
+``run NOTEBOOK -p NAME VALUE ... [--preset paper]`` validates the parameters against the notebook's ``parameters``
+cell and its experiment's allowed values (before any compute), executes the notebook with papermill (read through
+jupytext in memory) into ``runs/NAME-<hash>/`` and writes the executed notebook, its figures and ``claims.json``
+there. ``claims`` evaluates every registered claim at the book's defaults, prints a table and exits 1 if any fails.
+``list`` shows the notebooks and their parameters; ``fetch DATASET`` downloads a dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from normlib.params import ParameterError, parse_cli_value
+
+NOTEBOOK_DIR = Path("notebooks")
+
+
+class UsageError(Exception):
+    """A mistake on the command line: printed as one message, exit status 2."""
+
+
+def _notebook_path(notebook: str) -> Path:
+    from normlib.experiments import EXPERIMENTS, notebook_stem
+
+    path = Path(notebook)
+    if path.suffix == ".md" and path.exists():
+        return path
+    candidate = NOTEBOOK_DIR / f"{notebook_stem(notebook)}.md"
+    if candidate.exists():
+        return candidate
+    raise UsageError(f"notebook {notebook!r} not found (looked for {path} and {candidate}); "
+                     f"allowed: {', '.join(EXPERIMENTS)} (run from the book's root folder)")
+
+
+def read_notebook(path: Path):
+    """The notebook as an nbformat node, read from its jupytext MyST markdown."""
+    import jupytext
+
+    return jupytext.read(path, fmt="md:myst")
+
+
+def parameter_names(notebook) -> list[str]:
+    """Names assigned in the cell tagged ``parameters``, in order."""
+    cells = [c for c in notebook.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise UsageError(f"the notebook must have exactly one code cell tagged 'parameters', found {len(cells)}")
+    names = []
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+    return names
+
+
+def _parse_parameters(pairs: list[list[str]], allowed: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, text in pairs:
+        if name == "preset":
+            raise UsageError("set the preset with --preset, not -p preset")
+        if name not in allowed:
+            raise UsageError(f"unknown parameter {name!r}; allowed: {', '.join(n for n in allowed if n != 'preset')}")
+        if name in params:
+            raise UsageError(f"parameter {name!r} given twice")
+        params[name] = parse_cli_value(text)
+    return params
+
+
+def _run_dir(root: Path, stem: str, preset: str, params: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps({"preset": preset, **params}, sort_keys=True, default=str).encode()).hexdigest()
+    return root / f"{stem}-{digest[:10]}"
+
+
+def _save_figures(executed, folder: Path) -> list[Path]:
+    folder.mkdir(exist_ok=True)
+    saved = []
+    for index, cell in enumerate(executed.cells):
+        for number, output in enumerate(cell.get("outputs", [])):
+            data = output.get("data", {})
+            if "image/png" in data:
+                path = folder / f"cell{index:02d}_{number}.png"
+                path.write_bytes(base64.b64decode(data["image/png"]))
+                saved.append(path)
+    return saved
+
+
+def command_run(args: argparse.Namespace) -> int:
+    import papermill
+
+    from normlib.claims import RUN_DIR_ENV
+    from normlib.experiments import get_experiment, notebook_stem
+
+    path = _notebook_path(args.notebook)
+    stem = notebook_stem(path)
+    experiment = get_experiment(stem)
+    notebook = read_notebook(path)
+    names = parameter_names(notebook)
+    params = _parse_parameters(args.param or [], names)
+    config = experiment.resolve(args.preset, **params)  # raises ParameterError before any compute
+
+    run_dir = _run_dir(Path(args.out), stem, args.preset, params)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "parameters.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    print(f"running {path} with preset={args.preset} {params or ''} -> {run_dir}", flush=True)
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    try:
+        executed = papermill.execute_notebook(
+            notebook, str(run_dir / f"{stem}.ipynb"), parameters={"preset": args.preset, **params},
+            cwd=str(path.parent), kernel_name=args.kernel, progress_bar=not args.quiet, log_output=False,
+        )
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
+    figures = _save_figures(executed, run_dir / "figures")
+    print(f"wrote {run_dir / (stem + '.ipynb')}, {len(figures)} figures", flush=True)
+    claims_file = run_dir / "claims.json"
+    if claims_file.exists():
+        records = json.loads(claims_file.read_text())
+        failed = [r["id"] for r in records if not r["passed"]]
+        print(f"claims: {len(records) - len(failed)} of {len(records)} reproduced"
+              + (f"; not reproduced: {', '.join(failed)}" if failed else ""))
+    return 0
+
+
+def command_list(args: argparse.Namespace) -> int:
+    from normlib.experiments import EXPERIMENTS, get_experiment
+
+    for stem in EXPERIMENTS:
+        experiment = get_experiment(stem)
+        print(f"{stem}: {experiment.TITLE} ({experiment.PAPER})")
+        print(f"  {'preset':<12} one of: book, paper (default book)")
+        for row in experiment.SPEC.describe():
+            print(f"  {row['name']:<12} {row['doc']}; {row['allowed']}; book={row['book']!r} paper={row['paper']!r}")
+    return 0
+
+
+def command_claims(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from normlib.claims import to_frame
+    from normlib.experiments import EXPERIMENTS, get_experiment
+
+    stems = [s for s in EXPERIMENTS if not args.only or s in args.only]
+    if args.only and not stems:
+        raise UsageError(f"--only: no notebook among {args.only}; allowed: {', '.join(EXPERIMENTS)}")
+    checks = []
+    for stem in stems:
+        experiment = get_experiment(stem)
+        print(f"evaluating {stem} at preset={args.preset} ...", file=sys.stderr, flush=True)
+        checks += experiment.evaluate(experiment.resolve(args.preset))
+    table = to_frame(checks)[["id", "paper", "predicted", "measured", "tolerance", "verdict"]]
+    with pd.option_context("display.max_rows", None, "display.width", 160, "display.max_colwidth", 40):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    failed = int((~to_frame(checks)["passed"]).sum())
+    print(f"{len(checks) - failed} of {len(checks)} claims reproduced")
+    return 1 if failed else 0
+
+
+def command_fetch(args: argparse.Namespace) -> int:
+    from normlib import data
+
+    if args.dataset not in data.DATASETS or args.dataset == "synthetic":
+        raise UsageError(f"unknown dataset {args.dataset!r}; allowed: "
+                         f"{', '.join(d for d in data.DATASETS if d != 'synthetic')}")
+    folder = data.fetch(args.dataset, root=args.root)
+    print(f"{args.dataset}: ready in {folder}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m normlib", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="execute one notebook with other parameters")
+    run.add_argument("notebook", help="notebook name or path, e.g. 01_stable_forward or notebooks/01_stable_forward.md")
+    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                     help="set a parameter (repeatable); VALUE is a Python literal or a plain string, lists as a,b,c")
+    run.add_argument("--preset", default="book", help="book (CPU, minutes) or paper (the paper's scale)")
+    run.add_argument("--out", default="runs", help="folder that receives NAME-<hash>/ (default: runs)")
+    run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=command_run)
+
+    listing = commands.add_parser("list", help="show the notebooks and their parameters")
+    listing.set_defaults(handler=command_list)
+
+    check = commands.add_parser("claims", help="evaluate every claim; exit 1 if any is not reproduced")
+    check.add_argument("--preset", default="book", help="book (default) or paper")
+    check.add_argument("--only", nargs="+", help="notebook names to evaluate (default: all)")
+    check.set_defaults(handler=command_claims)
+
+    fetch = commands.add_parser("fetch", help="download a dataset (checksum-verified) into the data folder")
+    fetch.add_argument("dataset", help="fashion-mnist, cifar10 or cifar100")
+    fetch.add_argument("--root", default=None, help="folder to download into (default: $NORMLIB_DATA or the user cache)")
+    fetch.set_defaults(handler=command_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UsageError, ParameterError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

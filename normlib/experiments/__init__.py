@@ -1,0 +1,32 @@
+"""What each notebook measures, one module per notebook, and the registry that maps a notebook to its module.
+
+Every experiment module provides ``NOTEBOOK`` (the notebook's file stem), ``TITLE``, ``SPEC`` (its parameters and
+presets), ``resolve(preset, **overrides)``, ``measure(config)``, ``check_claims(config, measured)`` and
+``evaluate(config)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["EXPERIMENTS", "get_experiment", "notebook_stem"]
+
+#: Notebook stem -> module that computes it.
+EXPERIMENTS: dict[str, str] = {
+    "01_stable_forward": "normlib.experiments.stable_forward",
+}
+
+
+def notebook_stem(notebook: str | Path) -> str:
+    """``notebooks/01_stable_forward.md``, ``01_stable_forward.md`` and ``01_stable_forward`` all name one notebook."""
+    return Path(str(notebook)).name.removesuffix(".md").removesuffix(".ipynb")
+
+
+def get_experiment(notebook: str | Path) -> ModuleType:
+    """The experiment module behind ``notebook``; an unknown one is an error that lists the known notebooks."""
+    stem = notebook_stem(notebook)
+    if stem not in EXPERIMENTS:
+        raise ValueError(f"unknown notebook {stem!r}; allowed: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[stem])
