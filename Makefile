@@ -6,7 +6,6 @@ STAMP := $(VENV)/.installed-stamp
 # Every pip call made through this Makefile (and pip's build isolation) obeys the one constraints file.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PATH := $(BIN):$(PATH)
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # One result cache for the book, `normlib claims` and `normlib run`, whatever folder a notebook runs in.
 export NORMLIB_CACHE ?= $(CURDIR)/runs/cache

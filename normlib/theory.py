@@ -226,10 +226,10 @@ def growth_factor(values: np.ndarray, exclude_blocks: Iterable[int] = (), skip: 
     blocks = [l for l in range(max(1, skip + 1), len(values)) if l not in excluded]
     if not blocks:
         raise ValueError("no blocks left to measure a growth factor")
-    ratios = values[blocks] / values[[l - 1 for l in blocks]]
-    if np.any(~np.isfinite(ratios)) or np.any(ratios <= 0):
-        return float("nan")
-    return float(np.exp(np.mean(np.log(ratios))))
+    current, previous = values[blocks], values[[l - 1 for l in blocks]]
+    if not (np.all(np.isfinite(values)) and np.all(current > 0) and np.all(previous > 0)):
+        return float("nan")  # a stream that overflowed or vanished has no growth factor
+    return float(np.exp(np.mean(np.log(current / previous))))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -247,9 +247,10 @@ _ACTIVATIONS = {
     "identity": lambda y: y,
     "relu": lambda y: np.maximum(y, 0.0),
     "scaled_relu": lambda y: _SCALED_RELU_GAIN * (np.maximum(y, 0.0) - 1.0 / np.sqrt(2.0 * np.pi)),
-    # EvoNorms normalize and act at once; on a unit-scale input they act as these curves.
-    "evo_s0": lambda y: y * _sigmoid(y),
-    "evo_b0": lambda y: y / np.maximum(1.0, y + 1.0),
+    # EvoNorms normalize and act at once (v = 1 at initialization); the batch, instance and group standard
+    # deviations they divide by are all the population's standard deviation in this model.
+    "evo_b0": lambda y: y / np.maximum(np.std(y), y + np.std(y)),
+    "evo_s0": lambda y: y * _sigmoid(y) / np.std(y),
 }
 
 
@@ -264,7 +265,8 @@ class StreamUnit:
     * ``norm_power``: an activation-based normalizer returns unit scale whatever its input, so its output has second
       moment ``norm_power``; ``None`` for none and the parametric layers (an identity).
     * ``activation``: after the normalizer inside the branch; ``stream_activation``: after the residual sum of a
-      post-activation block (the identity for EvoNorms, which sit inside the branch).
+      post-activation block. The EvoNorms normalize and act at once and sit in both activation slots, as in the
+      authors' code, so for them the branch ends in a plain convolution and the EvoNorm normalizes the sum.
     """
 
     conv_gain: float = 2.0
@@ -279,38 +281,38 @@ STREAM_UNITS: dict[str, StreamUnit] = {
     "none": StreamUnit(norm_power=None),
     "bn": StreamUnit(), "ln": StreamUnit(), "in": StreamUnit(), "gn": StreamUnit(), "frn": StreamUnit(),
     "vn": StreamUnit(norm_power=np.pi / (np.pi - 1.0)),
-    "evo_b0": StreamUnit(norm_power=np.pi / (np.pi - 1.0), activation="evo_b0", stream_activation="identity"),
-    "evo_s0": StreamUnit(norm_power=np.pi / (np.pi - 1.0), activation="evo_s0", stream_activation="identity"),
+    "evo_b0": StreamUnit(norm_power=None, activation="evo_b0", stream_activation="evo_b0"),
+    "evo_s0": StreamUnit(norm_power=None, activation="evo_s0", stream_activation="evo_s0"),
     "wn": StreamUnit(conv_gain=1.0, norm_power=None, activation="scaled_relu", stream_activation="scaled_relu"),
     "sws": StreamUnit(conv_gain=2.0 * np.pi / (np.pi - 1.0), centred_conv=True, norm_power=None),
 }
 
 
-def _tap_fractions(size: int, kernel_size: int = 3) -> np.ndarray:
-    """Fraction of a zero-padded ``kernel_size`` x ``kernel_size`` kernel inside a ``size`` x ``size`` map, at
-    every output position (stride 1, "same" padding)."""
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+def _tap_fractions(size: int, kernel_size: int = 3, stride: int = 1) -> np.ndarray:
+    """Fraction of a zero-padded ``kernel_size`` x ``kernel_size`` kernel inside a ``size`` x ``size`` input map,
+    at every output position of a convolution with "same" padding and ``stride``."""
+    if size < 1 or stride < 1:
+        raise ValueError(f"size and stride must be >= 1, got {size}, {stride}")
     half = kernel_size // 2
-    rows = np.arange(size)
-    per_row = (np.minimum(size - 1, rows + half) - np.maximum(0, rows - half) + 1) / kernel_size
+    centres = np.arange(0, size, stride)
+    per_row = (np.minimum(size - 1, centres + half) - np.maximum(0, centres - half) + 1) / kernel_size
     return np.outer(per_row, per_row)
 
 
-def padding_fraction(size: int, kernel_size: int = 3) -> float:
+def padding_fraction(size: int, kernel_size: int = 3, stride: int = 1) -> float:
     r"""Average fraction :math:`\mathbb E[f]` of a zero-padded convolution's taps that land inside a
     ``size`` x ``size`` map; :math:`((3s-2)/(3s))^2` for a 3x3 kernel. Border outputs sum fewer inputs, which lowers
     the output's second moment by this factor (0.92 at 16x16, 0.69 at 4x4)."""
-    return float(_tap_fractions(size, kernel_size).mean())
+    return float(_tap_fractions(size, kernel_size, stride).mean())
 
 
-def padding_leak(size: int, kernel_size: int = 3) -> float:
+def padding_leak(size: int, kernel_size: int = 3, stride: int = 1) -> float:
     r""":math:`\mathbb E[f(1-f)]` over output positions (derived). A convolution whose weights are standardized to
     zero mean (SWS) removes the mean :math:`\bar u` of its input only where the whole kernel is inside the map: over
     random standardized weights of total power :math:`G`, a border position whose valid taps are a fraction
     :math:`f` of all taps keeps :math:`G\,f(1-f)\,\bar u^2` of the mean (exchangeable weights that sum to zero),
     so the output's second moment is :math:`G(\mathbb E[f]\,\mathrm{Var}(u)+\mathbb E[f(1-f)]\,\bar u^2)`."""
-    fractions = _tap_fractions(size, kernel_size)
+    fractions = _tap_fractions(size, kernel_size, stride)
     return float((fractions * (1.0 - fractions)).mean())
 
 
@@ -339,7 +341,8 @@ def mean_field_stream(
       :math:`h=x/\beta` (NF-ResNet; :math:`\alpha=\beta=1` without it)
 
     where the shortcut is the identity except in ``reset_blocks`` (a strided convolution and the normalizer),
-    :math:`g` is ``skip_gain`` (0 for SkipInit) and ``sizes[l]`` the map size in block ``l`` (index 0: the stem).
+    :math:`g` is ``skip_gain`` (0 for SkipInit) and ``sizes[l]`` the map size in block ``l`` (index 0: the stem;
+    a block whose map is smaller than the previous one strides its first convolution and its shortcut).
     The stem is :math:`\mathrm{act}(\mathrm{norm}(\mathrm{conv}(\text{input})))` on a unit Gaussian input.
     Special cases reduce to the closed forms above: activation-based, pre-activation gives
     :func:`linear_growth`; post-activation with a ReLU gives :func:`lindley_growth`. The walkers use a fixed seed,
@@ -357,32 +360,39 @@ def mean_field_stream(
     act = _ACTIVATIONS[unit.activation]
     stream_act = _ACTIVATIONS[unit.stream_activation]
 
-    fractions = [1.0] * (num_blocks + 1) if sizes is None else [padding_fraction(s) for s in sizes]
-    leaks = [0.0] * (num_blocks + 1) if sizes is None else [padding_leak(s) for s in sizes]
-
-    def conv(u: np.ndarray, block_index: int) -> np.ndarray:
+    def conv(u: np.ndarray, size: int | None, stride: int = 1) -> np.ndarray:
+        fraction = 1.0 if size is None else padding_fraction(size, stride=stride)
         if unit.centred_conv:
-            power = fractions[block_index] * np.var(u) + leaks[block_index] * np.mean(u) ** 2
+            leak = 0.0 if size is None else padding_leak(size, stride=stride)
+            power = fraction * np.var(u) + leak * np.mean(u) ** 2
         else:
-            power = fractions[block_index] * np.mean(u**2)
+            power = fraction * np.mean(u**2)
         return np.sqrt(unit.conv_gain * power) * rng.standard_normal(u.shape)
+
+    def geometry(block_index: int) -> tuple[int | None, int | None, int]:
+        """(input size, output size, stride) of the block's first convolution and shortcut."""
+        if sizes is None:
+            return None, None, 1
+        size_in, size_out = sizes[max(block_index - 1, 0)], sizes[block_index]
+        return size_in, size_out, max(1, round(size_in / size_out))
 
     def norm(y: np.ndarray) -> np.ndarray:
         return y if unit.norm_power is None else y * np.sqrt(unit.norm_power / np.mean(y**2))
 
     alpha = 1.0 if nf_alpha is None else nf_alpha
     betas = iter(np.sqrt(nf_expected_variance(num_blocks, nf_alpha, resets))) if nf_alpha is not None else None
-    x = act(norm(conv(rng.standard_normal(walkers), 0)))
+    x = act(norm(conv(rng.standard_normal(walkers), geometry(0)[1])))
     values = [float(np.mean(x**2))]
     for l in range(1, num_blocks + 1):
+        size_in, size_out, stride = geometry(l)
         if block == "post":
-            branch = norm(conv(act(norm(conv(x, l))), l))
-            short = norm(conv(x, l)) if l in resets else x
+            branch = norm(conv(act(norm(conv(x, size_in, stride))), size_out))
+            short = norm(conv(x, size_in, stride)) if l in resets else x
             x = stream_act(short + skip_gain * branch)
         else:
             h = x / next(betas) if betas is not None else x
-            branch = conv(act(norm(conv(act(norm(h)), l))), l)
-            short = norm(conv(h, l)) if l in resets else x
+            branch = conv(act(norm(conv(act(norm(h)), size_in, stride))), size_out)
+            short = norm(conv(h, size_in, stride)) if l in resets else x
             x = short + alpha * skip_gain * branch
         values.append(float(np.mean(x**2)))
     return np.array(values)

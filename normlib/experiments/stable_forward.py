@@ -168,12 +168,16 @@ def mean_curve(measured: pd.DataFrame, norm: str, variant: str, metric: str = "s
 
 
 def law(norm: str, variant: str) -> str:
-    """Which growth law the derivation predicts: ``linear``, ``exponential`` or ``flat`` (see normlib.theory)."""
+    """Which law the derivation predicts (see normlib.theory): ``flat`` (SkipInit), ``linear`` (an
+    activation-based normalizer ending the branch, or the NF remedy), ``bounded`` (a normalizer acting on the
+    residual sum itself, the EvoNorms in the authors' placement) or ``exponential`` (parametric or none)."""
     if variant == "skipinit":
         return "flat"
-    if variant == "nf" or layers.norm_info(norm).family == "activation":
+    if variant == "nf":
         return "linear"
-    return "exponential"
+    if layers.norm_info(norm).family != "activation":
+        return "exponential"
+    return "bounded" if stream_unit(norm).stream_activation.startswith("evo") else "linear"
 
 
 def map_sizes(config: dict[str, Any]) -> list[int]:
@@ -226,8 +230,9 @@ GROWTH_REL_TOL = 0.15
 
 _STATEMENTS = {
     "linear": "{title} keeps the residual stream growing linearly in depth, not exponentially",
+    "bounded": "{title} normalizes the residual sum itself, so the stream stays bounded, not exponential",
     "exponential": "with {title} the residual stream grows exponentially in depth",
-    "flat": "with SkipInit and {title} the residual stream follows the predicted flat (or, for WN, growing) law",
+    "flat": "with SkipInit and {title} the stream follows the predicted law (flat unless an activation rescales it)",
     "nf": "with {title}, NF-ResNet scaling brings back linear growth",
 }
 

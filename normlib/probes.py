@@ -1,0 +1,257 @@
+"""Probes: hooks that record the paper's per-layer statistics during forward and backward.
+
+For an observed activation ``X`` of shape (N, C, *spatial) (N samples, C channels):
+
+- ``variance``      mean_c Var_{n,h,w}(X)    (unbiased; the paper's ``Activs_prober``)
+- ``std``           mean_c Std_{n,h,w}(X)    (unbiased; ``Conv_prober``'s ``std_list``)
+- ``second_moment`` mean(X**2) over all entries (the residual stream's power, papers.md §1.5)
+- ``cosine``        with x̂_i = vec(X_i)/||vec(X_i)|| and M = X̂X̂ᵀ (N x N),
+                    (1/N) Σ_i (Σ_j M_ij - 1)/(N - 1): the mean off-diagonal uncentered cosine
+- ``stable_rank``   tr(M)/λ_max(M) = N/λ_max(M)
+- ``grad_norm``     ||∂L/∂X||_F over the whole batch (``Conv_prober``'s ``grads_norms``)
+
+Each statistic is a few vectorized one-pass reductions of the detached tensor (shared between
+metrics, see ``_Observed``), computed in the hook and kept as a 0-d tensor; values become
+Python floats in batches (so a GPU run does not synchronize at every hook) and the
+activations themselves are never stored.
+
+Usage::
+
+    with Probe(model.probe_points(), metrics=("variance", "grad_norm"), every=10) as probe:
+        for step, (x, y) in enumerate(loader):
+            probe.step = step              # optional: adds a ``step`` column
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()                # grad_norm rows are recorded here
+            ...
+    df = probe.frame()                     # columns point, index, metric, value[, step]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from functools import cached_property, partial
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "METRICS",
+    "Probe",
+    "probe_model",
+    "activation_variance",
+    "activation_std",
+    "second_moment",
+    "mean_cosine_similarity",
+    "stable_rank",
+]
+
+METRICS = ("variance", "std", "second_moment", "cosine", "stable_rank", "grad_norm")
+
+COLUMNS = ["point", "index", "metric", "value", "step"]
+
+# Pending 0-d value tensors are converted to floats (one device sync each) in batches of this.
+_FLUSH_EVERY = 4096
+
+
+class _Observed:
+    """One observed tensor (N, C, *spatial) and the reductions its metrics share, each
+    computed at most once, with native contiguous reductions finished in float64:
+
+    - per (sample n, channel c), over its k = H*W positions, the sum s1 and the sum of
+      squares s2 of x - K_nc, shifted by the group's first entry K_nc so that a large mean
+      does not cancel digits. Then m_nc = K_nc + s1/k, the within-group sum of squared
+      deviations is s2 - s1²/k, and the unbiased per-channel variance over (N, H, W) is
+      Var_c = Σ_n [ (s2 - s1²/k) + k (m_nc - m_c)² ] / (N k - 1),  m_c = mean_n m_nc;
+    - per sample the flattened row x_i and w_i = 1/||x_i|| (0 for an all-zero sample), so that
+      x̂_i = w_i x_i without materializing X̂, and M_ij = w_i w_j <x_i, x_j>.
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x.detach()
+
+    @cached_property
+    def _channel_variance(self) -> torch.Tensor:
+        r = self.x.reshape(self.x.shape[0], self.x.shape[1], -1)
+        n, k = r.shape[0], r.shape[2]
+        shift = r[:, :, :1]
+        shifted = r - shift
+        s1 = shifted.sum(dim=2).double()
+        s2 = torch.linalg.vector_norm(shifted, dim=2).double().square()
+        means = shift[:, :, 0].double() + s1 / k
+        within = (s2 - s1.square() / k).clamp_min(0)
+        between = k * (means - means.mean(dim=0)).square()
+        return (within + between).sum(dim=0) / (n * k - 1)
+
+    @cached_property
+    def _rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = self.x.reshape(self.x.shape[0], -1)
+        norms = torch.linalg.vector_norm(flat, dim=1)
+        return flat, torch.where(norms > 0, norms.reciprocal(), 0.0)
+
+    def variance(self) -> torch.Tensor:
+        """mean_c Var_{n,h,w}(X), unbiased."""
+        return self._channel_variance.mean()
+
+    def std(self) -> torch.Tensor:
+        """mean_c Std_{n,h,w}(X), unbiased."""
+        return self._channel_variance.sqrt().mean()
+
+    def second_moment(self) -> torch.Tensor:
+        """mean(X**2) = ||X||_F² / numel."""
+        return torch.linalg.vector_norm(self.x).double().square() / self.x.numel()
+
+    def cosine(self) -> torch.Tensor:
+        """The paper's (1/N) Σ_i (Σ_j M_ij - 1)/(N-1) in O(N D), without forming M:
+        Σ_ij M_ij = ||Σ_i x̂_i||² = ||wᵀX||², and Σ_i M_ii = tr M = N (all-zero samples
+        count 0 there), so the value is (||wᵀX||² - tr M) / (N (N-1))."""
+        flat, w = self._rows
+        n = flat.shape[0]
+        total = torch.linalg.vector_norm((w @ flat).double()).square()
+        return (total - (w > 0).sum()) / (n * (n - 1))
+
+    def stable_rank(self) -> torch.Tensor:
+        """tr(M)/λ_max(M): the Gram XXᵀ in the input's precision, then normalized to
+        M = diag(w) XXᵀ diag(w) and eigen-decomposed in float64."""
+        flat, w = self._rows
+        w = w.double()
+        gram = (flat @ flat.T).double() * torch.outer(w, w)
+        return torch.trace(gram) / torch.linalg.eigvalsh(gram)[-1]
+
+
+def activation_variance(x: torch.Tensor) -> float:
+    """mean over channels (dim 1) of the unbiased variance over all other dims."""
+    return float(_Observed(x).variance())
+
+
+def activation_std(x: torch.Tensor) -> float:
+    """mean over channels (dim 1) of the unbiased standard deviation over all other dims."""
+    return float(_Observed(x).std())
+
+
+def second_moment(x: torch.Tensor) -> float:
+    """mean(x**2) over all entries."""
+    return float(_Observed(x).second_moment())
+
+
+def mean_cosine_similarity(x: torch.Tensor) -> float:
+    """Mean uncentered cosine between distinct samples (rows of x flattened): 1 for identical
+    samples, 0 for mutually orthogonal ones. Needs N >= 2."""
+    return float(_Observed(x).cosine())
+
+
+def stable_rank(x: torch.Tensor) -> float:
+    """N/λ_max(X̂X̂ᵀ) for the unit-normalized flattened samples: 1 when all samples are
+    parallel, N when they are mutually orthogonal."""
+    return float(_Observed(x).stable_rank())
+
+
+def _check_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; valid: {', '.join(METRICS)}")
+    return metrics
+
+
+class Probe:
+    """Context manager that hooks ``points`` (``(name, module)`` pairs in forward order) and
+    records ``metrics`` of each module's output on every ``every``-th forward (the 1st,
+    (every+1)-th, ...). ``grad_norm`` is recorded when the loss is backpropagated through
+    a sampled forward, also after the ``with`` block has closed.
+
+    Set ``probe.step`` to tag the following records with a training step.
+    """
+
+    def __init__(self, points: Sequence[tuple[str, nn.Module]],
+                 metrics: str | Iterable[str] = ("variance",), every: int = 1):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.points = list(points)
+        self.metrics = _check_metrics(metrics)
+        self.every = every
+        self.step = None
+        self._forward_metrics = [m for m in self.metrics if m != "grad_norm"]
+        self._grad_norm = "grad_norm" in self.metrics
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.reset()
+
+    def __enter__(self) -> Probe:
+        if self._handles:
+            raise RuntimeError("this Probe is already active")
+        self._handles = [module.register_forward_hook(partial(self._on_forward, index))
+                         for index, (_, module) in enumerate(self.points)]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def reset(self) -> None:
+        """Drop all records and restart the ``every`` count."""
+        self._calls = [0] * len(self.points)
+        self._pending: list[tuple] = []
+        self._records: list[tuple] = []
+
+    def frame(self) -> pd.DataFrame:
+        """All records so far: columns point, index, metric, value, and step when set."""
+        self._flush()
+        df = pd.DataFrame(self._records, columns=COLUMNS)
+        df = df.astype({"point": str, "index": "int64", "metric": str, "value": "float64"})
+        return df.drop(columns="step") if df["step"].isna().all() else df
+
+    def _on_forward(self, index: int, module: nn.Module, inputs, output) -> None:
+        calls = self._calls[index]
+        self._calls[index] += 1
+        if calls % self.every:
+            return
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"probe point {self.points[index][0]!r} returned "
+                            f"{type(output).__name__}, expected a Tensor")
+        observed = _Observed(output)
+        for metric in self._forward_metrics:
+            self._record(index, metric, getattr(observed, metric)(), self.step)
+        if self._grad_norm and output.requires_grad:
+            output.register_hook(partial(self._on_grad, index, self.step))
+
+    def _on_grad(self, index: int, step, grad: torch.Tensor) -> None:
+        self._record(index, "grad_norm", torch.linalg.vector_norm(grad.detach()), step)
+
+    def _record(self, index: int, metric: str, value: torch.Tensor, step) -> None:
+        self._pending.append((self.points[index][0], index, metric, value, step))
+        if len(self._pending) >= _FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._records += [(p, i, m, float(v), s) for p, i, m, v, s in self._pending]
+        self._pending.clear()
+
+
+def probe_model(model: nn.Module, x: torch.Tensor, metrics: str | Iterable[str] = ("variance",),
+                points: Sequence[tuple[str, nn.Module]] | None = None,
+                loss_fn: Callable | None = None, target=None, step=None) -> pd.DataFrame:
+    """Probe one forward pass of ``model`` on ``x`` (in the model's current train/eval mode)
+    at ``points`` (default ``model.probe_points()``) and return :meth:`Probe.frame`.
+
+    If ``grad_norm`` is asked, ``loss = loss_fn(model(x), target)`` (default cross-entropy,
+    which then needs ``target``) is differentiated with ``torch.autograd.grad`` with respect
+    to the parameters (and ``x`` if it requires grad), so no ``.grad`` is touched.
+    """
+    points = model.probe_points() if points is None else points
+    with Probe(points, metrics) as probe:
+        probe.step = step
+        if "grad_norm" not in probe.metrics:
+            with torch.no_grad():
+                model(x)
+            return probe.frame()
+        if loss_fn is None and target is None:
+            raise ValueError("grad_norm with the default cross-entropy loss needs a target")
+        loss = (loss_fn or F.cross_entropy)(model(x), target)
+        inputs = [p for p in model.parameters() if p.requires_grad]
+        inputs += [x] if x.requires_grad else []
+        if not inputs:
+            raise ValueError("grad_norm needs parameters (or an input) that require grad")
+        torch.autograd.grad(loss, inputs, allow_unused=True)
+    return probe.frame()
