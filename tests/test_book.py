@@ -1,0 +1,30 @@
+"""The built book (after `make book`): every page is there, with its figures and glued numbers."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+HTML = Path(__file__).resolve().parents[1] / "_build" / "html"
+pytestmark = pytest.mark.skipif(not (HTML / "index.html").exists(), reason="book not built (run `make book` first)")
+
+
+def page(name: str) -> str:
+    return (HTML / name).read_text()
+
+
+def test_principle_a_page_has_figures_glued_numbers_and_verdicts():
+    html = page("notebooks/01_stable_forward.html")
+    assert len(re.findall(r"<img[^>]+(src=\"data:image/png|\.png)", html)) >= 2
+    text = re.sub(r"<[^>]+>", "", html)
+    # glued numbers render as numbers, not as the role's source
+    assert "{glue:" not in text
+    assert re.search(r"grows at most\s+\d\.\d\d×", text)
+    assert re.search(r"Verdict\.\s+(All \d+ checks|\d+ of \d+ checks)", text)
+    assert "reproduced" in text
+
+
+def test_intro_bibliography_and_reproduce_pages():
+    assert "Beyond BatchNorm" in page("book/intro.html")
+    assert "Lindley" in page("book/bibliography.html")
+    assert "register_norm" in page("book/reproduce.html")
