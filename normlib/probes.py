@@ -1,14 +1,14 @@
 """Probes: hooks that record the paper's per-layer statistics during forward and backward.
 
-For an observed activation ``X`` of shape (N, C, *spatial) (N samples, C channels):
+For an observed activation ``X`` of shape ``(N, C, *spatial)`` (N samples, C channels)::
 
-- ``variance``      mean_c Var_{n,h,w}(X)    (unbiased; the paper's ``Activs_prober``)
-- ``std``           mean_c Std_{n,h,w}(X)    (unbiased; ``Conv_prober``'s ``std_list``)
-- ``second_moment`` mean(X**2) over all entries (the residual stream's power, papers.md §1.5)
-- ``cosine``        with x̂_i = vec(X_i)/||vec(X_i)|| and M = X̂X̂ᵀ (N x N),
-                    (1/N) Σ_i (Σ_j M_ij - 1)/(N - 1): the mean off-diagonal uncentered cosine
-- ``stable_rank``   tr(M)/λ_max(M) = N/λ_max(M)
-- ``grad_norm``     ||∂L/∂X||_F over the whole batch (``Conv_prober``'s ``grads_norms``)
+    - ``variance``      mean_c Var_{n,h,w}(X)    (unbiased; the paper's ``Activs_prober``)
+    - ``std``           mean_c Std_{n,h,w}(X)    (unbiased; ``Conv_prober``'s ``std_list``)
+    - ``second_moment`` mean(X**2) over all entries (the residual stream's power, papers.md §1.5)
+    - ``cosine``        with x̂_i = vec(X_i)/||vec(X_i)|| and M = X̂X̂ᵀ (N x N),
+                        (1/N) Σ_i (Σ_j M_ij - 1)/(N - 1): the mean off-diagonal uncentered cosine
+    - ``stable_rank``   tr(M)/λ_max(M) = N/λ_max(M)
+    - ``grad_norm``     ||∂L/∂X||_F over the whole batch (``Conv_prober``'s ``grads_norms``)
 
 Each statistic is a few vectorized one-pass reductions of the detached tensor (shared between
 metrics, see ``_Observed``), computed in the hook and kept as a 0-d tensor; values become
