@@ -12,16 +12,6 @@ from normlib.models import build_model, make_cnn, make_resnet
 SMALL = (8, 16, 32)  # ResNet stage widths that keep the tests fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: intra-op threads only add synchronization, which stalls
-    badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def opts(norm):
     """Grouped normalizers default to 32 groups; small test widths need fewer."""
     return {"groups": 2} if norm in ("gn", "evo_s0") else {}

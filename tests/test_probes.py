@@ -12,16 +12,6 @@ from normlib.probes import (METRICS, Probe, activation_std, activation_variance,
                             probe_model, second_moment, stable_rank)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: intra-op threads only add synchronization, which stalls
-    badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def equicorrelated(n, rho):
     """n unit vectors with every pairwise cosine equal to rho: sqrt(rho) u + sqrt(1-rho) e_i."""
     x = math.sqrt(1 - rho) * torch.eye(n, n + 1, dtype=torch.float64)
