@@ -112,12 +112,44 @@ class _Observed:
         return (total - (w > 0).sum()) / (n * (n - 1))
 
     def stable_rank(self) -> torch.Tensor:
-        """tr(M)/λ_max(M): the Gram XXᵀ in the input's precision, then normalized to
-        M = diag(w) XXᵀ diag(w) and eigen-decomposed in float64."""
+        """tr(M)/λ_max(M). λ_max comes from power iteration on M = diag(w) X Xᵀ diag(w) applied as
+        u -> w ⊙ (X (Xᵀ (w ⊙ u))), 4 N D flops a step instead of the 2 N² D of forming M; it starts
+        from w ⊙ 1 (M has non-negative entries after a ReLU, so its top eigenvector is close to
+        uniform) and stops when the Rayleigh quotient changes by less than 1e-7 of itself. For small
+        N or D, or when N/8 steps have not converged (no gap below λ_max), M is formed and
+        eigen-decomposed exactly in float64."""
         flat, w = self._rows
+        n, d = flat.shape
+        trace = (w > 0).sum().double()
+        budget = n // 8  # a quarter of the Gram matrix's cost: little is lost when it does not converge
+        if n > 16 and d > n and budget > 4:
+            top = _power_iteration(flat, w.to(flat.dtype), budget, POWER_RTOL)
+            if top is not None:
+                return trace / top
         w = w.double()
         gram = (flat @ flat.T).double() * torch.outer(w, w)
-        return torch.trace(gram) / torch.linalg.eigvalsh(gram)[-1]
+        return trace / torch.linalg.eigvalsh(gram)[-1]
+
+
+#: Relative change of the Rayleigh quotient at which the power iteration for stable rank stops.
+POWER_RTOL = 1e-7
+
+
+def _power_iteration(flat: torch.Tensor, w: torch.Tensor, max_steps: int, rtol: float) -> torch.Tensor | None:
+    """Largest eigenvalue of diag(w) X Xᵀ diag(w) (float64 scalar), or ``None`` if it has not converged."""
+    u = w / torch.linalg.vector_norm(w).clamp_min(1e-30)
+    previous = None
+    for _ in range(max_steps):
+        v = w * (flat @ (flat.T @ (w * u)))
+        rayleigh = torch.dot(u.double(), v.double())
+        if previous is not None and abs(rayleigh - previous) <= rtol * abs(rayleigh):
+            return rayleigh
+        previous = rayleigh
+        norm = torch.linalg.vector_norm(v)
+        if norm == 0:
+            return None
+        u = v / norm
+    return None
 
 
 def activation_variance(x: torch.Tensor) -> float:

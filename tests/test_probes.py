@@ -220,3 +220,15 @@ def test_no_record_is_lost_across_batched_flushes(monkeypatch):
     df = probe.frame()
     assert df["step"].tolist() == [0] * 3 + [1] * 3 + [2] * 3
     assert df["point"].tolist() == ["conv", "relu", "out"] * 3
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3, 0.9])
+def test_stable_rank_power_iteration_matches_the_exact_eigenvalue(rho):
+    """The fast path (power iteration) against the Gram matrix's exact top eigenvalue."""
+    torch.manual_seed(0)
+    shared = torch.randn(1, 4, 12, 12)
+    x = torch.relu(rho**0.5 * shared + (1 - rho) ** 0.5 * torch.randn(64, 4, 12, 12))
+    flat = x.reshape(64, -1).double()
+    unit = flat / flat.norm(dim=1, keepdim=True)
+    exact = 64 / torch.linalg.eigvalsh(unit @ unit.T)[-1].item()
+    assert stable_rank(x) == pytest.approx(exact, rel=1e-5)
