@@ -35,7 +35,7 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor):
     return call
 
 
-def main(number: int = 10, rounds: int = 7) -> list[Row]:
+def main(number: int = 10, rounds: int = 11) -> list[Row]:
     torch.manual_seed(0)
     x = torch.randn(SHAPE, requires_grad=True)
     grad = torch.randn(SHAPE)
@@ -43,7 +43,7 @@ def main(number: int = 10, rounds: int = 7) -> list[Row]:
     print(f"bench_layers: forward+backward on {SHAPE}; {machine_note()}")
     for name, (ours, theirs) in PAIRS.items():
         times = interleaved({"normlib": _forward_backward(ours(SHAPE[1]).train(), x, grad),
-                             "torch": _forward_backward(theirs(SHAPE[1]).train(), x, grad)}, number, rounds)
+                             "torch": _forward_backward(theirs(SHAPE[1]).train(), x, grad)}, number, rounds, warmup=5)
         ratio = times["normlib"] / times["torch"]
         print(f"  {name}: normlib {1e3 * times['normlib']:7.2f} ms   torch {1e3 * times['torch']:7.2f} ms   "
               f"ratio {ratio:.3f}")
