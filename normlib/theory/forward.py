@@ -1,11 +1,5 @@
-r"""Closed-form predictions that the notebooks overlay on their measurements.
+r"""Principle A: stable forward propagation in residual networks (all derived in this book).
 
-Every function says where its formula comes from. **Derived** means derived in this book from standard
-probability (the main paper's exact formal statements were not available); **paper** means the paper's own
-statement. No derived formula here is the paper's.
-
-Principle A: stable forward propagation in residual networks
--------------------------------------------------------------
 Notation: :math:`x_l` is the residual stream after block :math:`l` (block 0 is the stem), :math:`m_l = \mathbb E[x_l^2]`
 its second moment (mean of :math:`x^2` over every entry), and each block adds a branch :math:`b_l` scaled by
 :math:`\alpha` (1 for a plain block, 0 for SkipInit at initialization).

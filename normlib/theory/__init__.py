@@ -1,0 +1,14 @@
+"""Predictions that the notebooks overlay on their measurements, one submodule per principle.
+
+Every function says where its formula comes from. **Derived** means derived in this book from standard probability
+(the main paper's exact formal statements were not available); **paper** means the paper's own statement. No
+derived formula here is presented as the paper's.
+
+- :mod:`normlib.theory.forward`: principle A, the residual stream at initialization (closed forms and a mean-field
+  model of the whole ResNet).
+"""
+
+from normlib.theory.forward import *  # noqa: F403
+from normlib.theory.forward import __all__ as _forward_all
+
+__all__ = list(_forward_all)
