@@ -6,9 +6,13 @@ derived formula here is presented as the paper's.
 
 - :mod:`normlib.theory.forward`: principle A, the residual stream at initialization (closed forms and a mean-field
   model of the whole ResNet).
+- :mod:`normlib.theory.informative`: principle B, how similar two samples' activations become with depth (a
+  mean-field model of correlations through conv, normalizer and ReLU layers).
 """
 
 from normlib.theory.forward import *  # noqa: F403
 from normlib.theory.forward import __all__ as _forward_all
+from normlib.theory.informative import *  # noqa: F403
+from normlib.theory.informative import __all__ as _informative_all
 
-__all__ = list(_forward_all)
+__all__ = [*_forward_all, *_informative_all]
