@@ -117,9 +117,10 @@ def parse_cli_value(text: str) -> Any:
     """Parse a value typed on the command line: a Python literal if it is one (``20``, ``0.1``, ``[1, 2]``,
     ``True``, ``None``), otherwise the string itself (``bn``, ``bn,gn``)."""
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+    return list(value) if isinstance(value, tuple) else value  # "1,16" parses as a tuple: a list is meant
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,11 @@ def plot_measured(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, norm: str, 
 def plot_predicted(ax: plt.Axes, x: np.ndarray, y: np.ndarray, norm: str, *, label: str | None = None) -> None:
     """The prediction as a dashed line in the normalizer's colour."""
     ax.plot(x, y, ls="--", lw=1.6, color=norm_color(norm), label=label)
+
+
+def group_size_color(group_size: int) -> str:
+    """The colour of GroupNorm with ``group_size`` channels per group, fixed across the book: a sequential palette
+    over the powers of two 1 ... 512 (from InstanceNorm's end to LayerNorm's), so larger groups are darker."""
+    palette = sns.color_palette("flare", 10).as_hex()
+    index = int(round(np.log2(max(1, group_size))))
+    return palette[min(max(index, 0), len(palette) - 1)]

@@ -76,11 +76,11 @@ def test_claims_exits_nonzero_when_a_claim_fails(monkeypatch, capsys):
                       variants=["plain"])
     monkeypatch.setattr(sf, "resolve", lambda preset="book", **kw: tiny)
     monkeypatch.setattr(sf, "measure", lambda config, cache=True: sf.measure_uncached(config))
-    assert cli.main(["claims"]) == 0
+    assert cli.main(["claims", "--only", "01_stable_forward"]) == 0
     assert "1 of 1 claims reproduced" in capsys.readouterr().out
     blocks = 3
     monkeypatch.setattr(sf, "predict", lambda config, norm, variant: sf.theory.geometric_growth(blocks, 2.0, 1.0))
-    assert cli.main(["claims"]) == 1
+    assert cli.main(["claims", "--only", "01_stable_forward"]) == 1
     out = capsys.readouterr().out
     assert "not reproduced" in out and "0 of 1 claims reproduced" in out
 

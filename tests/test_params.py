@@ -65,6 +65,7 @@ def test_parse_cli_value():
     assert parse_cli_value("None") is None
     assert parse_cli_value("bn") == "bn"
     assert parse_cli_value("bn,gn") == "bn,gn"
+    assert parse_cli_value("1,16") == [1, 16]  # a bare comma list of numbers is a list, not a tuple
 
 
 def test_describe_lists_every_parameter():

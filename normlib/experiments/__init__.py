@@ -16,6 +16,8 @@ __all__ = ["EXPERIMENTS", "get_experiment", "notebook_stem"]
 #: Notebook stem -> module that computes it.
 EXPERIMENTS: dict[str, str] = {
     "01_stable_forward": "normlib.experiments.stable_forward",
+    "02_informative_forward": "normlib.experiments.informative_forward",
+    "03_stable_backward": "normlib.experiments.stable_backward",
 }
 
 

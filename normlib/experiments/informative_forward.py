@@ -1,0 +1,418 @@
+r"""Principle B, informative forward propagation: how similar two samples' activations are at initialization, and
+whether that similarity predicts how fast a network trains.
+
+What is measured:
+
+* **At initialization**: the mean cosine similarity between samples and the stable rank of the activations after
+  every conv-normalizer-ReLU unit of the constant-width CNN (the paper's ``cfg_uniform``), in training mode, on one
+  batch of real test images (average-pooled by ``pool``), for GroupNorm at every group size asked for (1 is
+  InstanceNorm, the width is LayerNorm) and reference normalizers (BatchNorm, none, ...), over ``repeats``
+  independent initializations.
+* **Training**: mean training accuracy over the whole training history (the paper's "Mean Train. Acc.") of a CNN
+  trained with each normalizer and group size, against the cosine similarity at its last layer at initialization,
+  measured on the very weights it starts from and on its first training batch.
+
+The predictions come from :mod:`normlib.theory.informative` (a mean-field model derived in this book, not the paper's
+formula). The paper's correlation coefficients are readings off one of its figures (papers.md §1.6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from tqdm.auto import tqdm
+
+from normlib import claims, data, layers, models, presets, probes, theory
+from normlib import train as training
+from normlib.cache import cached_call
+from normlib.params import Param, ParameterError
+from normlib.runtime import derive_seed, resolve_device
+from normlib.sweep import sweep
+
+NOTEBOOK = "02_informative_forward"
+TITLE = "Informative forward propagation"
+PAPER = "Lubana et al. 2021"
+TRAIN_CNNS = ("book", "uniform")
+
+#: The paper's correlation coefficients between cosine similarity at initialization and mean training accuracy,
+#: read off its figure (papers.md §1.6; printed there as "R²" but negative, hence correlation coefficients r).
+PAPER_R = {"10-layer CNN": -0.67, "20-layer CNN": -0.66, "ResNet-56": -0.88}
+
+#: Tolerance of the mean-field check, on the cosine itself (absolute), at every layer. Chosen from what the model
+#: leaves out, before looking at the verdicts: it has infinitely many channels, so a group's mean over ``G`` channels
+#: is exact there and not at width 64, where channel averages fluctuate by about 1/sqrt(width) = 0.125; and it treats
+#: every position alike, while at 14x14 about a quarter of the positions touch the zero padding. 0.1 is that size,
+#: and well below the spread between InstanceNorm and LayerNorm that the claim is about.
+MEAN_FIELD_ABS_TOL = 0.1
+
+#: The Spearman correlations across group sizes may differ from the theory's by this much (one swap of neighbours
+#: among seven group sizes costs 0.04; a reversed half of them much more).
+SPEARMAN_ABS_TOL = 0.2
+
+def train_model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """``make_cnn`` options of the CNN trained (``norm`` and ``group_size`` are added): the book's small CNN, or the
+    uniform CNN measured at initialization (``depth`` and ``width`` from the configuration)."""
+    if config["train_cnn"] == "book":
+        return {"cfg": [list(e) if isinstance(e, tuple) else e for e in presets.BOOK_CNN["cfg"]]}
+    return {"cfg": "uniform", "depth": config["depth"], "width": config["width"]}
+
+
+def train_widths(config: dict[str, Any]) -> list[int]:
+    """The widths of the trained CNN's layers (a group size must divide each)."""
+    if config["train_cnn"] == "book":
+        return sorted({models._entry(e)[0] for e in presets.BOOK_CNN["cfg"]})
+    return [config["width"]]
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def _check_norms(config: dict[str, Any]) -> None:
+    for name in ("norms", "train_norms"):
+        for norm in config[name]:
+            try:
+                layers.norm_info(norm)
+            except ValueError as error:
+                raise ParameterError(f"parameter {name!r}: {error}") from None
+            if norm == "gn":
+                raise ParameterError(f"parameter {name!r}: invalid value 'gn'; allowed: any other normalizer of "
+                                     f"{', '.join(layers.NORM_NAMES)}: GroupNorm is set by the group sizes")
+
+
+def _check_group_sizes(config: dict[str, Any]) -> None:
+    width = config["width"]
+    bad = [g for g in config["group_sizes"] if width % g]
+    if bad:
+        raise ParameterError(f"parameter 'group_sizes': {bad[0]} does not divide the width {width}; allowed: "
+                             f"divisors of the width: {_divisors(width)}")
+    if len(set(config["group_sizes"])) != len(config["group_sizes"]):
+        raise ParameterError("parameter 'group_sizes': duplicate entries; allowed: distinct divisors of the width")
+
+
+def _check_train_group_sizes(config: dict[str, Any]) -> None:
+    widths = train_widths(config)
+    common = min(widths)
+    allowed = [d for d in range(1, common + 1) if all(w % d == 0 for w in widths)]
+    bad = [g for g in config["train_group_sizes"] if g not in allowed]
+    if bad:
+        raise ParameterError(f"parameter 'train_group_sizes': {bad[0]} does not divide every width "
+                             f"{widths} of the {config['train_cnn']!r} CNN; allowed: "
+                             f"{', '.join(map(str, allowed))}")
+
+
+def _check_pool(config: dict[str, Any]) -> None:
+    side = 28 if config["dataset"] == "fashion-mnist" else 32
+    if side // config["pool"] < 2:
+        raise ParameterError(f"parameter 'pool': invalid value {config['pool']!r}; allowed: 1 to {side // 2} "
+                             f"(the pooled {config['dataset']} images must keep at least 2x2 pixels)")
+
+
+SPEC = presets.training_spec(
+    extra_params=(
+        Param("group_sizes", "int_list", "GroupNorm group sizes at initialization (1: InstanceNorm, the width: "
+              "LayerNorm); each divides the width", minimum=1),
+        Param("width", "int", "channels of every layer of the uniform CNN", minimum=2),
+        Param("depth", "int", "conv-normalizer-ReLU layers of the uniform CNN", minimum=1),
+        Param("norms", "str_list", "reference normalizers at initialization (bn, none, ...; "
+              f"any of {', '.join(n for n in layers.NORM_NAMES if n != 'gn')})"),
+        Param("pool", "int", "average-pooling factor of the images at initialization (2: 28x28 -> 14x14)",
+              minimum=1),
+        Param("repeats", "int", "independent initializations at initialization", minimum=1),
+        Param("train_cnn", "str", "CNN trained: the book's small CNN (presets.BOOK_CNN) or the uniform CNN",
+              choices=TRAIN_CNNS),
+        Param("train_group_sizes", "int_list", "GroupNorm group sizes trained (each divides every width)",
+              minimum=1),
+        Param("train_norms", "str_list", "other normalizers trained (bn, ln, none, frn, evo_s0, ...)"),
+        Param("bootstrap", "int", "bootstrap resamples of the correlation's 95% interval", minimum=100),
+    ),
+    book={"group_sizes": [1, 2, 4, 8, 16, 32, 64], "width": 64, "depth": 10, "norms": ["bn", "none"], "pool": 2,
+          "repeats": 2, "train_cnn": "book", "train_group_sizes": [1, 2, 4, 8, 16, 32],
+          "train_norms": ["bn", "ln", "none"], "bootstrap": 2000,
+          "subset": 7_680, "test_subset": 2_000, "epochs": 1},
+    paper={"group_sizes": [1, 2, 4, 8, 16, 32, 64], "width": 64, "depth": 10, "norms": ["bn", "none"], "pool": 1,
+           "repeats": 3, "train_cnn": "uniform", "train_group_sizes": [1, 2, 4, 8, 16, 32, 64],
+           "train_norms": ["bn", "none"], "bootstrap": 2000},
+    checks=(_check_norms, _check_group_sizes, _check_train_group_sizes, _check_pool),
+)
+
+
+def resolve(preset: str = "book", **overrides: Any) -> dict[str, Any]:
+    """The validated configuration of this notebook (see :meth:`normlib.params.ParamSpec.resolve`)."""
+    return SPEC.resolve(preset, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# at initialization
+
+
+def settings(config: dict[str, Any]) -> list[tuple[str, str, int | None]]:
+    """The (key, normalizer, group size) measured at initialization: ``gn1``, ``gn2``, ... then the references."""
+    return ([(f"gn{g}", "gn", g) for g in sorted(config["group_sizes"])]
+            + [(norm, norm, None) for norm in config["norms"]])
+
+
+def label(norm: str, group_size: int | None, width: int | None = None) -> str:
+    """A legend label: ``GN g=4``, ``GN g=1 (IN)``, ``GN g=64 (LN)``, or the normalizer's name."""
+    if norm != "gn":
+        return layers.norm_info(norm).title
+    suffix = " (IN)" if group_size == 1 else " (LN)" if group_size == width else ""
+    return f"GN g={group_size}{suffix}"
+
+
+def init_images(config: dict[str, Any]) -> torch.Tensor:
+    """The batch seen at initialization: ``batch_size`` class-balanced test images, average-pooled by ``pool``."""
+    test = data.load_dataset(config["dataset"], "test", subset=config["batch_size"], seed=config["seed"])
+    images = test.images
+    return F.avg_pool2d(images, config["pool"]) if config["pool"] > 1 else images
+
+
+def _measure_one(config: dict[str, Any], images: torch.Tensor, key: str, norm: str, group_size: int | None,
+                 repeat: int, device: torch.device) -> pd.DataFrame:
+    torch.manual_seed(derive_seed(config["seed"], repeat))
+    options = {"group_size": group_size} if group_size is not None else {}
+    model = models.make_cnn("uniform", depth=config["depth"], width=config["width"], in_channels=images.shape[1],
+                            num_classes=10, norm=norm, **options).to(device)
+    model.train()
+    frame = probes.probe_model(model, images.to(device), metrics=("cosine", "stable_rank"))
+    frame = frame.assign(layer=frame["index"] + 1).drop(columns=["index", "point"])
+    return frame.assign(setting=key, norm=norm, group_size=group_size if group_size is not None else 0,
+                        repeat=repeat)
+
+
+def measure_uncached(config: dict[str, Any]) -> pd.DataFrame:
+    """Cosine and stable rank after every layer for every setting and repeat: a tidy frame with columns
+    ``setting, norm, group_size, repeat, layer, metric, value`` (group size 0 for the references)."""
+    device = resolve_device(config["device"])
+    images = init_images(config)
+    jobs = [(s, r) for r in range(config["repeats"]) for s in settings(config)]
+    frames = [_measure_one(config, images, key, norm, g, r, device)
+              for (key, norm, g), r in tqdm(jobs, desc="CNNs at initialization")]
+    columns = ["setting", "norm", "group_size", "repeat", "layer", "metric", "value"]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def measure(config: dict[str, Any], cache: bool = True) -> pd.DataFrame:
+    """:func:`measure_uncached` through the result cache."""
+    return cached_call(measure_uncached, {"config": config}) if cache else measure_uncached(config)
+
+
+def mean_curve(measured: pd.DataFrame, setting: str, metric: str = "cosine") -> np.ndarray:
+    """The measured statistic averaged over repeats, indexed by layer (entry 0 is layer 1)."""
+    rows = measured[(measured.setting == setting) & (measured.metric == metric)]
+    return rows.groupby("layer")["value"].mean().sort_index().to_numpy()
+
+
+def theory_setting(config: dict[str, Any], norm: str, group_size: int | None) -> tuple[str, float] | None:
+    """How the mean-field model describes a setting: ``("gn", G)``, ``("bn", 0)``, ``("none", 0)``; LayerNorm is
+    GroupNorm with ``G`` = the width and InstanceNorm with ``G = 1``; ``None`` for a normalizer it does not cover."""
+    if norm == "gn":
+        return "gn", float(group_size)
+    if norm == "ln":
+        return "gn", float(config["width"])
+    if norm == "in":
+        return "gn", 1.0
+    if norm in ("bn", "none"):
+        return norm, 1.0
+    return None
+
+
+def start_correlations(config: dict[str, Any]) -> theory.Correlations:
+    """The model's initial condition: the correlations of the first convolution's input patches."""
+    return theory.input_correlations(init_images(config))
+
+
+def predict(config: dict[str, Any], norm: str, group_size: int | None,
+            start: theory.Correlations | None = None) -> np.ndarray | None:
+    """Predicted cosine after each layer (derived mean-field model; no constant fitted), or ``None``."""
+    described = theory_setting(config, norm, group_size)
+    if described is None:
+        return None
+    start = start_correlations(config) if start is None else start
+    images_side = (28 if config["dataset"] == "fashion-mnist" else 32) // config["pool"]
+    kind, g = described
+    return theory.cosine_mean_field(config["depth"], start, kind, group_size=g, positions=images_side**2,
+                                    batch=config["batch_size"])
+
+
+def predictions(config: dict[str, Any]) -> dict[str, np.ndarray | None]:
+    """:func:`predict` for every setting, from one computation of the input correlations."""
+    start = start_correlations(config)
+    return {key: predict(config, norm, g, start) for key, norm, g in settings(config)}
+
+
+def last_layer(measured: pd.DataFrame, metric: str) -> pd.Series:
+    """The metric at the last layer, averaged over repeats, by setting."""
+    rows = measured[(measured.metric == metric) & (measured.layer == measured.layer.max())]
+    return rows.groupby("setting")["value"].mean()
+
+
+def rank_slope(config: dict[str, Any], measured: pd.DataFrame) -> float:
+    """Least-squares slope of log(stable rank at the last layer) against log(sqrt(width / group size)) over the
+    GroupNorm group sizes (NaN with fewer than two)."""
+    ranks = last_layer(measured, "stable_rank")
+    sizes = sorted(config["group_sizes"])
+    if len(sizes) < 2:
+        return float("nan")
+    x = np.log(np.sqrt(config["width"] / np.array(sizes, dtype=float)))
+    y = np.log([ranks[f"gn{g}"] for g in sizes])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training
+
+
+def train_runs(config: dict[str, Any]) -> list[tuple[str, str, int | None]]:
+    """The (key, normalizer, group size) trained: GroupNorm at each group size, then the other normalizers."""
+    return ([(f"gn{g}", "gn", g) for g in sorted(config["train_group_sizes"])]
+            + [(norm, norm, None) for norm in config["train_norms"]])
+
+
+def _run_kwargs(config: dict[str, Any], norm: str, group_size: int | None) -> dict[str, Any]:
+    options = {"group_size": group_size} if group_size is not None else {}
+    return {**train_model_kwargs(config), "norm": norm, **options}
+
+
+def train_grid(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One :func:`normlib.train.train_model` call per trained run, as plain JSON (what the sweep and cache key)."""
+    train_cfg = presets.train_config(config, progress=False).to_dict()
+    return [{"arch": "cnn", "model_kwargs": _run_kwargs(config, norm, g), "dataset": presets.dataset_options(config),
+             "config": train_cfg} for _, norm, g in train_runs(config)]
+
+
+def init_cosines_uncached(config: dict[str, Any]) -> list[float]:
+    """Cosine similarity at the last layer, at initialization, of every trained run: the very weights
+    :func:`normlib.train.train_model` starts from (same seed, same build), in training mode, on its first training
+    batch (without flips)."""
+    train_cfg = presets.train_config(config)
+    train_set, _ = training._load_splits(presets.dataset_options(config), train_cfg.seed)
+    x, _ = next(data.batches(train_set, train_cfg.batch_size, seed=train_cfg.seed, epoch=0))
+    values = []
+    for _, norm, g in train_runs(config):
+        torch.manual_seed(train_cfg.seed)
+        model = models.build_model("cnn", **training._model_kwargs(_run_kwargs(config, norm, g), train_set))
+        model.train()
+        frame = probes.probe_model(model, x, metrics=("cosine",))
+        values.append(float(frame[frame["index"] == frame["index"].max()]["value"].iloc[0]))
+    return values
+
+
+def train_all(config: dict[str, Any], executor: Any = None) -> pd.DataFrame:
+    """Train every run through :func:`normlib.sweep.sweep` (cached; a divergence is recorded, not raised) and return
+    one row per run: ``key, norm, group_size, label, init_cosine, mean_train_acc, test_acc, diverged, steps``."""
+    grid = train_grid(config)
+    results = sweep(training.train_model, grid, executor=executor, progress=False)["result"]
+    cosines = cached_call(init_cosines_uncached, {"config": config})
+    rows = []
+    for (key, norm, g), result, cosine in zip(train_runs(config), results, cosines):
+        accuracy = result.history["accuracy"]
+        rows.append({"key": key, "norm": norm, "group_size": g or 0, "label": label(norm, g),
+                     "init_cosine": cosine, "mean_train_acc": float(accuracy[np.isfinite(accuracy)].mean()),
+                     "test_acc": float(result.test_accuracy), "diverged": bool(result.diverged),
+                     "steps": int(len(result.history))})
+    return pd.DataFrame(rows)
+
+
+def correlation(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> tuple[float, float, float]:
+    """Pearson r of the points (x, y) and its 95 % percentile bootstrap interval (the points resampled with
+    replacement ``resamples`` times with a fixed seed; a resample with a constant coordinate is dropped)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return float("nan"), float("nan"), float("nan")
+    r = float(stats.pearsonr(x, y)[0])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(resamples, len(x)))
+    xs, ys = x[idx], y[idx]
+    xc, yc = xs - xs.mean(1, keepdims=True), ys - ys.mean(1, keepdims=True)
+    denominator = np.sqrt((xc**2).sum(1) * (yc**2).sum(1))
+    valid = denominator > 1e-12
+    boot = (xc * yc).sum(1)[valid] / denominator[valid]
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return r, float(low), float(high)
+
+
+def in_paper_figure(trained: pd.DataFrame) -> pd.Series:
+    """Which runs the paper's similarity-speed figure has a counterpart for: every one but InstanceNorm (GroupNorm
+    with group size 1, or ``in``), which its figure leaves out (papers.md §1.6)."""
+    return ~((trained.norm == "in") | ((trained.norm == "gn") & (trained.group_size == 1)))
+
+
+def speed_correlation(config: dict[str, Any], trained: pd.DataFrame,
+                      like_paper: bool = True) -> tuple[float, float, float]:
+    """:func:`correlation` of mean training accuracy against cosine at initialization. Runs that diverged are left
+    out (their accuracy measures how long they lasted, not how fast they learned), and with ``like_paper`` so is
+    InstanceNorm, as in the paper's figure (:func:`in_paper_figure`)."""
+    keep = ~trained.diverged & (in_paper_figure(trained) if like_paper else True)
+    ok = trained[keep]
+    return correlation(ok["init_cosine"], ok["mean_train_acc"], config["bootstrap"], config["seed"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# claims
+
+
+def _spearman(x: list[float], y: list[float]) -> float:
+    return float(stats.spearmanr(x, y)[0]) if len(x) >= 2 else float("nan")
+
+
+def check_claims(config: dict[str, Any], measured: pd.DataFrame,
+                 trained: pd.DataFrame | None = None) -> list[claims.ClaimCheck]:
+    """The claims of principle B (see the notebook): orderings across group sizes, LayerNorm against InstanceNorm
+    and BatchNorm, the mean-field curves within :data:`MEAN_FIELD_ABS_TOL`, and, when ``trained`` is given, the
+    sign of the similarity-speed correlation."""
+    predicted = predictions(config)
+    n = config["batch_size"]
+    cos_last = last_layer(measured, "cosine")
+    rank_last = last_layer(measured, "stable_rank")
+    sizes = sorted(config["group_sizes"])
+    keys = [f"gn{g}" for g in sizes]
+    checks = []
+    if len(sizes) >= 2:
+        pred_cos = [predicted[k][-1] for k in keys]
+        checks.append(claims.check_close(
+            "B.similarity_rises_with_group_size", PAPER,
+            "the cosine between samples at the last layer rises with GroupNorm's group size (Spearman correlation)",
+            _spearman(sizes, pred_cos), _spearman(sizes, [cos_last[k] for k in keys]), abs_tol=SPEARMAN_ABS_TOL))
+        pred_rank = [float(theory.stable_rank_bound(c, n)) for c in pred_cos]
+        checks.append(claims.check_close(
+            "B.rank_falls_with_group_size", PAPER,
+            "the stable rank at the last layer falls as the group size grows (Spearman correlation)",
+            _spearman(sizes, pred_rank), _spearman(sizes, [rank_last[k] for k in keys]), abs_tol=SPEARMAN_ABS_TOL))
+    if 1 in sizes and config["width"] in sizes:
+        others = ["gn1"] + (["bn"] if "bn" in config["norms"] else [])
+        pred_gap = predicted[f"gn{config['width']}"][-1] - max(predicted[k][-1] for k in others)
+        meas_gap = cos_last[f"gn{config['width']}"] - max(cos_last[k] for k in others)
+        checks.append(claims.check_true(
+            "B.ln_above_in_bn", PAPER,
+            "LayerNorm's cosine at the last layer ends above InstanceNorm's"
+            + (" and BatchNorm's" if "bn" in others else "") + " (gap LN - max of them)",
+            pred_gap, meas_gap, meas_gap > 0, "measured gap > 0"))
+    for key, norm, g in settings(config):
+        if predicted[key] is None:
+            continue
+        worst = int(np.argmax(np.abs(mean_curve(measured, key) - predicted[key])))
+        checks.append(claims.check_close(
+            f"B.mean_field.{key}", PAPER,
+            f"{label(norm, g, config['width'])}: measured cosine follows the mean-field curve at every layer "
+            f"(worst layer shown)",
+            predicted[key][worst], mean_curve(measured, key)[worst], abs_tol=MEAN_FIELD_ABS_TOL))
+    if trained is not None:
+        r, low, high = speed_correlation(config, trained)
+        checks.append(claims.check_true(
+            "B.similarity_slows_training", PAPER,
+            "mean training accuracy falls as the cosine at initialization rises: Pearson r < 0 over the runs the "
+            "paper's figure has (no InstanceNorm; predicted: the paper's r for its 10-layer CNN, read off a figure)",
+            PAPER_R["10-layer CNN"], r, bool(np.isfinite(high) and high < 0), "95% bootstrap interval below 0",
+            source="paper"))
+    return checks
+
+
+def evaluate(config: dict[str, Any]) -> list[claims.ClaimCheck]:
+    """Measure and train (through the result cache) and check every claim of this notebook."""
+    return check_claims(config, measure(config), train_all(config))

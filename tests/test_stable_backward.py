@@ -1,0 +1,115 @@
+"""Principle C's experiment: presets, validation, a tiny measurement, claims that can fail, and the notebook run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from normlib import presets
+from normlib.experiments import stable_backward as sb
+from normlib.params import ParameterError
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH = {"dataset": "synthetic", "subset": 64, "test_subset": 32}
+TINY = dict(group_sizes=[1, 16], width=16, depth=8, batch_size=8, image_size=8, in_sizes=[2, 8], repeats=1,
+            learning_rates=[0.01, 50.0], batch_sizes=[16], train_depth=2, **SYNTH)
+
+
+def test_paper_preset_is_the_papers_setup():
+    config = sb.resolve("paper")
+    assert config["dataset"] == "cifar100" and config["width"] == 64 and config["batch_sizes"] == [256, 16]
+    assert config["group_sizes"] == [1, 2, 4, 8, 16, 32, 64] and config["train_stem_stride"] == 1
+    assert config["epochs"] == 60 and config["paper_small_batch"] and config["device"] == "auto"
+    grid = sb.training_grid(config)
+    big = next(p for p in grid if p["batch_size"] == 256)["train"]
+    small = next(p for p in grid if p["batch_size"] == 16)["train"]
+    assert big["epochs"] == 60 and small["epochs"] == 10 and small["schedule_epochs"] == 60
+    assert presets.train_config(config, batch_size=16).peak_lr == pytest.approx(1.6)
+    assert sb.train_cfg(config) == [64] * 10
+
+
+def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
+    config = sb.resolve("paper", device="cpu", group_sizes=[1], learning_rates=[0.1], batch_sizes=[16])
+    (point,) = sb.training_grid(config)
+    point["dataset"] = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 100, "subset": 64,
+                        "test_subset": 16}
+    point["train"] = {**point["train"], "max_steps": 2}
+    out = sb.train_point(**point)
+    assert out["steps"] == 2 and len(out["loss"]) == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"group_sizes": [1, 3]}, r"parameter 'group_sizes'.*3 does not divide the width 64.*1, 2, 4"),
+        ({"group_sizes": [8], "width": 12}, r"parameter 'group_sizes'.*divide the width 12"),
+        ({"depth": 2}, r"parameter 'depth'"),
+        ({"learning_rates": [0.1, 0.0]}, r"parameter 'learning_rates'.*positive"),
+        ({"norms": ["bn", "ln"]}, r"parameter 'norms'.*bn, none"),
+        ({"in_sizes": [1]}, r"parameter 'in_sizes'"),
+        ({"dataset": "imagenet"}, r"parameter 'dataset'.*fashion-mnist"),
+        ({"train_stem_stride": 3}, r"parameter 'train_stem_stride'"),
+        ({"seed": -1}, r"parameter 'seed'"),
+    ],
+)
+def test_invalid_parameters(overrides, match):
+    with pytest.raises(ParameterError, match=match):
+        sb.resolve("book", **overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = sb.resolve("book", **TINY)
+    return config, sb.measure(config, cache=False, executor="serial")
+
+
+def test_measurement_is_tidy_and_deterministic(tiny):
+    config, measured = tiny
+    init, train = measured["init"], measured["train"]
+    assert set(init.run) == {"gn1", "gn16", "bn", "none", "in@2", "in@8"}
+    assert set(init.layer) == set(range(1, config["depth"] + 1))
+    assert len(train) == 2 * 2
+    again = sb.measure(config, cache=False, executor="serial")
+    pd.testing.assert_frame_equal(init, again["init"])
+    pd.testing.assert_frame_equal(train.drop(columns="loss"), again["train"].drop(columns="loss"))
+
+
+def test_claims_hold_with_the_right_theory(tiny):
+    config, measured = tiny
+    verdicts = {c.id: c for c in sb.check_claims(config, measured)}
+    assert verdicts["C.order"].passed and verdicts["C.order"].measured == pytest.approx(-1.0)
+    # A learning rate of 50 blows up every group: the smallest diverges, but so does the largest.
+    assert measured["train"][measured["train"].lr == 50.0]["diverged"].all()
+    assert not verdicts["C.diverge"].passed
+    assert sb.measured_factor(measured, "gn1") > sb.measured_factor(measured, "gn16")
+
+
+def test_a_wrong_prediction_fails_the_check(tiny, monkeypatch):
+    config, measured = tiny
+    bn = sb.measured_factor(measured, "bn")
+    monkeypatch.setattr(sb, "predict_bn", lambda cfg: bn)
+    assert {c.id: c.passed for c in sb.check_claims(config, measured)}["C.bn"] is True
+    monkeypatch.setattr(sb, "predict_bn", lambda cfg: 2.0)  # claim BN doubles the squared gradient per layer
+    assert {c.id: c.passed for c in sb.check_claims(config, measured)}["C.bn"] is False
+
+
+def test_run_executes_the_notebook_with_papermill(tmp_path):
+    args = ["-p", "group_sizes", "[1, 16]", "-p", "width", "16", "-p", "depth", "6", "-p", "batch_size", "4",
+            "-p", "image_size", "6", "-p", "in_sizes", "[2, 6]", "-p", "repeats", "1", "-p", "learning_rates", "[0.05]",
+            "-p", "batch_sizes", "[16]", "-p", "train_depth", "2", "-p", "dataset", "synthetic", "-p", "subset", "32",
+            "-p", "test_subset", "16"]
+    env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "normlib", "run", "notebooks/03_stable_backward.md", "--out",
+                             str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("03_stable_backward-")]
+    assert (run_dir / "03_stable_backward.ipynb").exists()
+    assert list((run_dir / "figures").glob("*.png"))
+    records = json.loads((run_dir / "claims.json").read_text())
+    assert {r["id"] for r in records} == {"C.bn", "C.order", "C.diverge"}
+    assert json.loads((run_dir / "parameters.json").read_text())["width"] == 16
