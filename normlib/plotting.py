@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["NORM_COLORS", "set_theme", "norm_color", "norm_label", "plot_measured", "plot_predicted"]
+__all__ = ["NORM_COLORS", "set_theme", "norm_color", "norm_label", "group_size_color", "plot_measured",
+           "plot_predicted"]
 
 #: Colour of each normalizer, fixed across the book (seaborn's colorblind palette first, then muted extras).
 NORM_COLORS: dict[str, str] = {
@@ -78,7 +79,7 @@ def plot_predicted(ax: plt.Axes, x: np.ndarray, y: np.ndarray, norm: str, *, lab
 
 def group_size_color(group_size: int) -> str:
     """The colour of GroupNorm with ``group_size`` channels per group, fixed across the book: a sequential palette
-    over the powers of two 1 ... 512 (from InstanceNorm's end to LayerNorm's), so larger groups are darker."""
-    palette = sns.color_palette("flare", 10).as_hex()
+    over the powers of two 1 ... 512 (viridis, from InstanceNorm's end in purple to LayerNorm's in yellow)."""
+    palette = sns.color_palette("viridis", 10).as_hex()
     index = int(round(np.log2(max(1, group_size))))
     return palette[min(max(index, 0), len(palette) - 1)]
