@@ -10,19 +10,22 @@ from typing import Any
 
 import torch
 
+from normlib.params import ParameterError
+
 __all__ = ["DEVICES", "resolve_device", "derive_seed", "provenance", "Stopwatch"]
 
 DEVICES = ("cpu", "cuda", "auto")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` picks CUDA when a GPU is present, else the CPU; ``"cuda"`` without a GPU is an error."""
+    """``"auto"`` picks CUDA when a GPU is present, else the CPU; ``"cuda"`` without a GPU is a
+    :class:`~normlib.params.ParameterError` (a ``ValueError``) naming the parameter."""
     if name not in DEVICES:
-        raise ValueError(f"parameter 'device': invalid value {name!r}; allowed: one of: {', '.join(DEVICES)}")
+        raise ParameterError(f"parameter 'device': invalid value {name!r}; allowed: one of: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("parameter 'device': 'cuda' was asked for but torch sees no GPU; use 'cpu' or 'auto'")
+        raise ParameterError("parameter 'device': 'cuda' was asked for but torch sees no GPU; use 'cpu' or 'auto'")
     return torch.device(name)
 
 

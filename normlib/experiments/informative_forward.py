@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from normlib import claims, data, layers, models, presets, probes, theory
 from normlib import train as training
 from normlib.cache import cached_call
+from normlib.experiments import checks as shared_checks
 from normlib.params import Param, ParameterError
 from normlib.runtime import derive_seed, resolve_device
 from normlib.sweep import sweep
@@ -69,30 +70,13 @@ def train_widths(config: dict[str, Any]) -> list[int]:
     return [config["width"]]
 
 
-def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
-
-
 def _check_norms(config: dict[str, Any]) -> None:
     for name in ("norms", "train_norms"):
+        shared_checks.registered_norms(config, name)
         for norm in config[name]:
-            try:
-                layers.norm_info(norm)
-            except ValueError as error:
-                raise ParameterError(f"parameter {name!r}: {error}") from None
             if norm == "gn":
                 raise ParameterError(f"parameter {name!r}: invalid value 'gn'; allowed: any other normalizer of "
                                      f"{', '.join(layers.NORM_NAMES)}: GroupNorm is set by the group sizes")
-
-
-def _check_group_sizes(config: dict[str, Any]) -> None:
-    width = config["width"]
-    bad = [g for g in config["group_sizes"] if width % g]
-    if bad:
-        raise ParameterError(f"parameter 'group_sizes': {bad[0]} does not divide the width {width}; allowed: "
-                             f"divisors of the width: {_divisors(width)}")
-    if len(set(config["group_sizes"])) != len(config["group_sizes"]):
-        raise ParameterError("parameter 'group_sizes': duplicate entries; allowed: distinct divisors of the width")
 
 
 def _check_train_group_sizes(config: dict[str, Any]) -> None:
@@ -138,7 +122,7 @@ SPEC = presets.training_spec(
     paper={"group_sizes": [1, 2, 4, 8, 16, 32, 64], "width": 64, "depth": 10, "norms": ["bn", "none"], "pool": 1,
            "repeats": 3, "train_cnn": "uniform", "train_group_sizes": [1, 2, 4, 8, 16, 32, 64],
            "train_norms": ["bn", "none"], "bootstrap": 2000},
-    checks=(_check_norms, _check_group_sizes, _check_train_group_sizes, _check_pool),
+    checks=(_check_norms, shared_checks.divisors_of_width, _check_train_group_sizes, _check_pool),
 )
 
 

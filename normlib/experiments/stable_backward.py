@@ -28,6 +28,7 @@ from scipy.stats import spearmanr
 
 from normlib import claims, models, presets, probes, theory
 from normlib.cache import cached_call
+from normlib.experiments import checks as shared_checks
 from normlib.params import Param, ParameterError
 from normlib.runtime import derive_seed, resolve_device
 from normlib.sweep import sweep
@@ -43,29 +44,16 @@ INIT_CLASSES = 10
 SKIP_FIRST, SKIP_LAST = 1, 2
 
 
-def _check_group_sizes(config: dict[str, Any]) -> None:
-    width = config["width"]
-    bad = [g for g in config["group_sizes"] if width % g]
-    if bad:
-        allowed = [d for d in range(1, width + 1) if width % d == 0]
-        raise ParameterError(f"parameter 'group_sizes': {bad[0]} does not divide the width {width}; allowed: "
-                             f"divisors of the width, {', '.join(map(str, allowed))}")
-    if len(set(config["group_sizes"])) != len(config["group_sizes"]):
-        raise ParameterError(f"parameter 'group_sizes': duplicate entries in {config['group_sizes']!r}; allowed: "
-                             "distinct divisors of the width")
-
-
 def _check_positive(config: dict[str, Any]) -> None:
     for name in ("learning_rates",):
         if any(v <= 0 for v in config[name]):
             raise ParameterError(f"parameter {name!r}: invalid value {config[name]!r}; allowed: positive numbers")
 
 
-def _check_device(config: dict[str, Any]) -> None:
-    try:
-        resolve_device(config["device"])
-    except ValueError as error:
-        raise ParameterError(str(error)) from None
+def _check_in_sizes(config: dict[str, Any]) -> None:
+    bad = [s for s in config["in_sizes"] if s * s <= 3]
+    if bad:
+        raise ParameterError(f"parameter 'in_sizes': invalid value {bad[0]!r}; allowed: sizes >= 2 (n = size^2 > 3)")
 
 
 OWN_PARAMS = (
@@ -98,20 +86,12 @@ PAPER_VALUES = {"group_sizes": [1, 2, 4, 8, 16, 32, 64], "norms": list(EXTRAS), 
                 "train_stem_stride": 1}
 
 SPEC = presets.training_spec(extra_params=OWN_PARAMS, book=BOOK, paper=PAPER_VALUES,
-                             checks=(_check_group_sizes, _check_positive, _check_device))
-
-
-def _check_in_sizes(config: dict[str, Any]) -> None:
-    bad = [s for s in config["in_sizes"] if s * s <= 3]
-    if bad:
-        raise ParameterError(f"parameter 'in_sizes': invalid value {bad[0]!r}; allowed: sizes >= 2 (n = size^2 > 3)")
+                             checks=(shared_checks.divisors_of_width, _check_positive, _check_in_sizes))
 
 
 def resolve(preset: str = "book", **overrides: Any) -> dict[str, Any]:
     """The validated configuration of this notebook (see :meth:`normlib.params.ParamSpec.resolve`)."""
-    config = SPEC.resolve(preset, **overrides)
-    _check_in_sizes(config)
-    return config
+    return SPEC.resolve(preset, **overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------------

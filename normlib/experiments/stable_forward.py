@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from normlib import claims, layers, models, probes, theory
 from normlib.cache import cached_call
+from normlib.experiments import checks as shared_checks
 from normlib.params import Param, ParameterError, ParamSpec
 from normlib.runtime import derive_seed, resolve_device
 
@@ -46,15 +47,6 @@ def _check_widths(config: dict[str, Any]) -> None:
                              "e.g. [32, 64, 128] (the paper's ResNet-56)")
 
 
-def _check_norms(config: dict[str, Any]) -> None:
-    """Every name must be in the layer registry (which also holds normalizers a user registered)."""
-    for norm in config["norms"]:
-        try:
-            layers.norm_info(norm)
-        except ValueError as error:
-            raise ParameterError(f"parameter 'norms': {error}") from None
-
-
 def _check_groups(config: dict[str, Any]) -> None:
     """Every grouped normalizer asked for must be buildable at every width (group size divides the width)."""
     for norm in (n for n in config["norms"] if n in GROUPED):
@@ -64,13 +56,6 @@ def _check_groups(config: dict[str, Any]) -> None:
             except ValueError as error:
                 name = "group_size" if config["group_size"] is not None else "widths"
                 raise ParameterError(f"parameter {name!r}: {norm} cannot be built at width {width}: {error}") from None
-
-
-def _check_device(config: dict[str, Any]) -> None:
-    try:
-        resolve_device(config["device"])
-    except ValueError as error:
-        raise ParameterError(str(error)) from None
 
 
 SPEC = ParamSpec(
@@ -97,7 +82,8 @@ SPEC = ParamSpec(
                   "block": "post", "group_size": None, "batch_size": 256, "image_size": 32, "repeats": 5,
                   "alpha": 0.2, "seed": 0, "device": "auto"},
     },
-    checks=(_check_norms, _check_depth, _check_widths, _check_groups, _check_device),
+    checks=(lambda config: shared_checks.registered_norms(config, "norms"), _check_depth, _check_widths, _check_groups,
+            shared_checks.device_available),
 )
 
 

@@ -1,0 +1,37 @@
+"""Validation steps several notebooks share, written once: each takes the coerced configuration and raises
+:class:`~normlib.params.ParameterError` naming the parameter and listing what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from normlib import layers
+from normlib.params import ParameterError
+from normlib.runtime import resolve_device
+
+
+def registered_norms(config: dict[str, Any], name: str) -> None:
+    """Every entry of ``config[name]`` is in the layer registry (which holds normalizers a user registered too)."""
+    for norm in config[name]:
+        try:
+            layers.norm_info(norm)
+        except ValueError as error:
+            raise ParameterError(f"parameter {name!r}: {error}") from None
+
+
+def divisors_of_width(config: dict[str, Any], name: str = "group_sizes", width_name: str = "width") -> None:
+    """Every entry of ``config[name]`` divides ``config[width_name]``, with no entry twice."""
+    width, values = config[width_name], config[name]
+    allowed = ", ".join(str(d) for d in range(1, width + 1) if width % d == 0)
+    bad = [g for g in values if width % g]
+    if bad:
+        raise ParameterError(f"parameter {name!r}: {bad[0]} does not divide the {width_name} {width}; allowed: "
+                             f"divisors of the {width_name}: {allowed}")
+    if len(set(values)) != len(values):
+        raise ParameterError(f"parameter {name!r}: duplicate entries in {values!r}; allowed: distinct divisors of "
+                             f"the {width_name}: {allowed}")
+
+
+def device_available(config: dict[str, Any]) -> None:
+    """The ``device`` parameter names a device this machine has (``resolve_device`` says which are allowed)."""
+    resolve_device(config["device"])
