@@ -35,6 +35,9 @@ __all__ = [
     "uniform_cfg",
     "make_cnn",
     "make_resnet",
+    "VGG_CONFIGS",
+    "VGG",
+    "make_vgg",
     "build_model",
     "he_init_",
     "nf_betas",
@@ -354,12 +357,80 @@ def make_resnet(depth: int = 56, widths: Sequence[int] = (32, 64, 128), norm: st
                   num_classes, **norm_opts)
 
 
-_BUILDERS = {"cnn": make_cnn, "resnet": make_resnet}
+#: VGG configurations: an int is a 3x3 conv -> norm -> ReLU unit with that many channels, ``"M"`` a 2x2 max-pool.
+#: ``"A"`` is VGG-11 (Simonyan & Zisserman's configuration A), as in Hoffer et al.'s ``normmatters_wd/models/vgg.py``.
+VGG_CONFIGS: dict[str, list] = {"A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]}
+
+
+class VGG(nn.Module):
+    """VGG for 32x32 images, as Hoffer et al.'s ``vgg.py`` (from kuangliu/pytorch-cifar): per int entry of the
+    config a unit 3x3 conv (padding 1) -> norm -> activation, a 2x2 max-pool per ``"M"``, then one Linear
+    classifier on the pooled features. No hidden fully connected layers, no dropout.
+
+    What differs from that file: the classifier reads the spatial *mean* of the last maps (on 32x32 inputs the five
+    pools leave 1x1 maps, where the mean is the flattening the paper's code does; other sizes still work); the convs
+    have no bias (a BatchNorm after them removes it exactly, so it never changes the function); He init like the
+    other models here (the paper's code keeps PyTorch's default init; ``reset_parameters()`` on each conv and
+    Linear restores it). ``units[i]`` is the i-th conv unit, probe point ``layer{i+1}``.
+    """
+
+    def __init__(self, cfg: Sequence, norm: str = "bn", in_channels: int = 3, num_classes: int = 10, **norm_opts):
+        super().__init__()
+        if not any(e != "M" for e in cfg):
+            raise ValueError("a VGG cfg needs at least one conv entry")
+        self.norm = norm
+        units, features, ch = [], [], in_channels
+        for entry in cfg:
+            if entry == "M":
+                features.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            elif isinstance(entry, int) and entry > 0:
+                unit = layers.conv_norm_act(norm, ch, entry, 3, 1, **norm_opts)
+                units.append(unit)
+                features.append(unit)
+                ch = entry
+            else:
+                raise ValueError(f'VGG cfg entries are positive ints or "M", got {entry!r}')
+        self.features = nn.Sequential(*features)
+        self.units = list(units)  # the same modules as in features (registered there)
+        self.classifier = nn.Linear(ch, num_classes)
+        he_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+    def probe_points(self) -> list[tuple[str, nn.Module]]:
+        """Each unit's output (after its activation): ``layer1`` ... ``layerL``."""
+        return [(f"layer{i}", unit) for i, unit in enumerate(self.units, 1)]
+
+    def conv_points(self) -> list[tuple[str, nn.Module]]:
+        """Each unit's convolution: ``conv1`` ... ``convL``."""
+        return [(f"conv{i}", unit.conv) for i, unit in enumerate(self.units, 1)]
+
+
+def make_vgg(cfg: str | Sequence = "A", norm: str = "bn", in_channels: int = 3, num_classes: int = 10,
+             width: int | None = None, **norm_opts) -> VGG:
+    """Build a :class:`VGG`: ``cfg`` is a name of :data:`VGG_CONFIGS` (``"A"``: VGG-11, the default) or a list of
+    widths and ``"M"``. ``width`` rescales it so that the first conv has ``width`` channels and every later one
+    keeps its ratio (``width=16`` gives VGG-11 at a quarter width). ``norm_opts`` go to the normalizer."""
+    if isinstance(cfg, str):
+        if cfg not in VGG_CONFIGS:
+            raise ValueError(f"unknown VGG cfg {cfg!r}; valid: {', '.join(VGG_CONFIGS)} or a list of widths and 'M'")
+        cfg = VGG_CONFIGS[cfg]
+    cfg = list(cfg)
+    if width is not None:
+        first = next((e for e in cfg if e != "M"), None)
+        if not isinstance(first, int) or width < 1:
+            raise ValueError(f"width must be a positive int and cfg must start with a conv width, got {width!r}")
+        cfg = [e if e == "M" else max(1, round(e * width / first)) for e in cfg]
+    return VGG(cfg, norm, in_channels, num_classes, **norm_opts)
+
+
+_BUILDERS = {"cnn": make_cnn, "resnet": make_resnet, "vgg": make_vgg}
 
 
 def build_model(arch: str, **kwargs) -> nn.Module:
     """One entry point: ``build_model("cnn", ...)`` is :func:`make_cnn`,
-    ``build_model("resnet", ...)`` is :func:`make_resnet`."""
+    ``build_model("resnet", ...)`` is :func:`make_resnet`, ``build_model("vgg", ...)`` is :func:`make_vgg`."""
     if arch not in _BUILDERS:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(_BUILDERS)}")
     return _BUILDERS[arch](**kwargs)

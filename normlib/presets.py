@@ -63,7 +63,7 @@ BOOK_EPOCHS = 3
 BOOK_CNN: dict[str, Any] = {"cfg": [(32, 2), 64, (64, 2), 128], "in_channels": 1, "num_classes": 10}
 
 _TRAIN_FIELDS = ("batch_size", "epochs", "lr", "lr_scale_with_batch", "momentum", "weight_decay", "warmup_epochs",
-                 "schedule", "augment", "divergence_factor", "device", "seed", "max_steps")
+                 "schedule", "lr_milestones", "lr_decay", "augment", "divergence_factor", "device", "seed", "max_steps")
 
 #: The training parameters every training notebook shares.
 TRAIN_PARAMS: tuple[Param, ...] = (
@@ -76,8 +76,8 @@ TRAIN_PARAMS: tuple[Param, ...] = (
 )
 
 _SHARED = {"lr": 0.1, "lr_scale_with_batch": True, "momentum": 0.9, "weight_decay": 1e-4,
-           "warmup_epochs": 0.0, "schedule": "paper", "augment": True, "divergence_factor": train.DIVERGENCE_FACTOR,
-           "seed": 0, "max_steps": None}
+           "warmup_epochs": 0.0, "schedule": "paper", "lr_milestones": (), "lr_decay": 0.1, "augment": True,
+           "divergence_factor": train.DIVERGENCE_FACTOR, "seed": 0, "max_steps": None}
 
 #: The values of :data:`TRAIN_PARAMS` at each scale.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {

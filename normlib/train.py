@@ -3,6 +3,7 @@ linear warm-up, divergence detection, probes every ``k`` steps, a tqdm bar and a
 
 **Optimizer** (papers.md §1.4). ``torch.optim.SGD(momentum=0.9, weight_decay=1e-4)`` on *all* parameters
 (normalizer gains and biases included, as the paper's code), minimizing the mean cross-entropy of a mini-batch.
+:func:`train`'s ``optimizer_factory`` can replace it, and its ``on_step`` hook sees every step.
 
 **Learning rate.** With ``lr_scale_with_batch`` the peak rate is scaled linearly with the batch size ``B``
 (the paper's ``base_sched = [0.1·256/B, 0.01·256/B]``; its ``--init_lr`` multiplier is ``lr / 0.1``):
@@ -21,7 +22,11 @@ the trained ``epochs``), step ``t = 0, 1, ...`` uses (:func:`lr_at`)
         \eta_{\text{peak}} / 10 & \text{otherwise (schedule "paper")}
     \end{cases}
 
-``schedule="constant"`` keeps :math:`\eta_{\text{peak}}` after the warm-up. The "paper" rule is the per-iteration
+``schedule="constant"`` keeps :math:`\eta_{\text{peak}}` after the warm-up. ``schedule="multistep"`` (torch's
+``MultiStepLR`` on epochs, e.g. the ×0.1 drops at epochs 20/40/60 of Hoffer et al.'s VGG runs) multiplies the rate by
+``lr_decay`` =: :math:`\gamma` at each epoch milestone :math:`m_1 < m_2 < \dots` of ``lr_milestones``: after the
+warm-up, step ``t`` uses :math:`\eta_{\text{peak}}\,\gamma^{\#\{i:\ t \ge m_i S\}}` (a milestone past the
+schedule never applies). The "paper" rule is the per-iteration
 ``LR_Scheduler`` of the paper's ``config.py``: its epoch lists ``[40, 20]`` read like 40 + 20 epochs, but the
 scheduler applies the base rate for the first 75 % of the post-warm-up iterations (45 of 60 epochs at B = 256)
 and a tenth of it after. Two one-step shifts of that code are not reproduced: its warm-up is
@@ -55,7 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -80,12 +85,15 @@ __all__ = [
     "TrainResult",
     "scaled_lr",
     "lr_at",
+    "OptimizerFactory",
+    "StepHook",
+    "sgd",
     "train",
     "train_model",
     "evaluate",
 ]
 
-SCHEDULES = ("paper", "constant")
+SCHEDULES = ("paper", "constant", "multistep")
 
 #: The batch size at which ``lr`` is the step size when ``lr_scale_with_batch`` (the paper's 256).
 REFERENCE_BATCH = 256
@@ -98,6 +106,22 @@ _PEAK_FRACTION = (3, 4)
 
 _EVAL_BATCH = 1024
 
+
+class _PossiblyEmptyList(Param):
+    """A list parameter that may also be empty (``()``, ``[]`` or ``""``: nothing); non-empty lists are checked by
+    :meth:`Param.coerce`, and must be strictly increasing (milestones)."""
+
+    def allowed(self) -> str:
+        return super().allowed() + ", strictly increasing, possibly empty"
+
+    def coerce(self, value: Any) -> Any:
+        if isinstance(value, (list, tuple, str)) and len(value) == 0:
+            return []
+        items = super().coerce(value)
+        if any(b <= a for a, b in zip(items, items[1:])):
+            raise self._fail(value, "not strictly increasing")
+        return items
+
 #: Every scalar field of :class:`TrainConfig`, validated by :meth:`normlib.params.Param.coerce`; the presets of
 #: :mod:`normlib.presets` reuse these definitions.
 PARAMS: dict[str, Param] = {p.name: p for p in (
@@ -109,8 +133,12 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("schedule_epochs", "optional_int", "epochs the LR schedule is built for (None: epochs)", minimum=1),
     Param("warmup_epochs", "float", "linear LR warm-up from 0, in epochs (the paper: 5 for FRN)", minimum=0),
     Param("lr_scale_with_batch", "bool", "step size lr*256/batch_size, as the paper"),
-    Param("schedule", "str", "paper: peak LR for 75% of the post-warm-up steps, then a tenth; constant: peak LR",
-          choices=SCHEDULES),
+    Param("schedule", "str", "paper: peak LR for 75% of the post-warm-up steps, then a tenth; constant: peak LR; "
+          "multistep: times lr_decay at each epoch of lr_milestones", choices=SCHEDULES),
+    _PossiblyEmptyList("lr_milestones", "int_list", "epochs at which schedule 'multistep' multiplies the LR by "
+                       "lr_decay (strictly increasing; empty: none)", minimum=1),
+    Param("lr_decay", "float", "factor applied to the LR at each of lr_milestones (schedule 'multistep')",
+          minimum=0, maximum=1),
     Param("divergence_factor", "float", "diverged when the loss is non-finite or exceeds this times the first loss",
           minimum=1),
     Param("device", "str", "cpu, cuda or auto (CUDA when present)", choices=DEVICES),
@@ -144,7 +172,9 @@ class TrainConfig:
         schedule_epochs: length of the LR schedule in epochs (None: ``epochs``); longer than ``epochs`` reproduces
             the paper's small-batch quirk (see :mod:`normlib.presets`).
         warmup_epochs: linear warm-up from 0 (fractions allowed; rounded to whole steps).
-        schedule: ``"paper"`` or ``"constant"`` (see :func:`lr_at`).
+        schedule: ``"paper"``, ``"constant"`` or ``"multistep"`` (see :func:`lr_at`).
+        lr_milestones, lr_decay: the epochs at which ``"multistep"`` multiplies the rate by ``lr_decay``
+            (strictly increasing; only allowed with that schedule).
         divergence_factor: ``f`` of the divergence test (``inf``: only non-finite losses).
         device, seed: where to run (``"auto"``: CUDA when present) and the seed of everything random.
         probe_metrics, conv_metrics, probe_every: what :class:`normlib.probes.Probe` records and on which steps.
@@ -162,6 +192,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     lr_scale_with_batch: bool = True
     schedule: str = "paper"
+    lr_milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
     divergence_factor: float = DIVERGENCE_FACTOR
     device: str = "cpu"
     seed: int = 0
@@ -175,6 +207,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, param in PARAMS.items():
             object.__setattr__(self, name, param.coerce(getattr(self, name)))
+        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+        if self.lr_milestones and self.schedule != "multistep":
+            raise ParameterError(f"parameter 'lr_milestones': invalid value {list(self.lr_milestones)!r} with "
+                                 f"schedule {self.schedule!r}; allowed: milestones only with schedule 'multistep' "
+                                 "(else an empty list)")
         for name, param in _METRIC_PARAMS.items():
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(param.coerce(value)) if len(value) else ())
@@ -227,12 +264,14 @@ def scaled_lr(lr: float, batch_size: int, scale_with_batch: bool = True) -> floa
     return lr * REFERENCE_BATCH / batch_size if scale_with_batch else lr
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str) -> float:
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str,
+          milestone_steps: Sequence[int] = (), decay: float = 0.1) -> float:
     """The learning rate of step ``step`` (0-based) of a ``total_steps``-step schedule.
 
     Linear warm-up from 0, ``base_lr * step / warmup_steps`` for ``step < warmup_steps``; then ``base_lr``; with
     ``schedule="paper"`` a tenth of it once ``step - warmup_steps >= floor(3/4 * (total_steps - warmup_steps))``
-    (the paper's ``int(decay_iter * 0.75)``). Steps past ``total_steps`` keep the last rate.
+    (the paper's ``int(decay_iter * 0.75)``); with ``schedule="multistep"`` ``base_lr * decay**k``, ``k`` the
+    number of ``milestone_steps`` ``<= step``. Steps past ``total_steps`` keep the last rate.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"parameter 'schedule': invalid value {schedule!r}; allowed: one of: {', '.join(SCHEDULES)}")
@@ -241,6 +280,8 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedu
     numerator, denominator = _PEAK_FRACTION
     if schedule == "paper" and step - warmup_steps >= numerator * (total_steps - warmup_steps) // denominator:
         return base_lr / 10
+    if schedule == "multistep":
+        return base_lr * decay ** sum(step >= m for m in milestone_steps)
     return base_lr
 
 
@@ -248,7 +289,9 @@ def _lr_schedule(config: TrainConfig, steps_per_epoch: int, n_steps: int) -> lis
     """``lr_at`` for the ``n_steps`` steps that will run."""
     total = config.total_epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    return [lr_at(t, total, warmup, config.peak_lr, config.schedule) for t in range(n_steps)]
+    milestones = [m * steps_per_epoch for m in config.lr_milestones]
+    return [lr_at(t, total, warmup, config.peak_lr, config.schedule, milestones, config.lr_decay)
+            for t in range(n_steps)]
 
 
 def _is_divergent(loss: float, first_loss: float, factor: float) -> bool:
@@ -278,8 +321,21 @@ def _probe_frame(opened: list[Probe]) -> pd.DataFrame:
     return frame.astype({"step": "int64"}).sort_values("step", kind="stable", ignore_index=True)
 
 
+#: ``optimizer_factory(model, config)``: the optimizer :func:`train` steps (default :func:`sgd`).
+OptimizerFactory = Callable[[nn.Module, TrainConfig], torch.optim.Optimizer]
+#: ``on_step(step, model, optimizer)``: called by :func:`train` after each optimizer step (gradients still held).
+StepHook = Callable[[int, nn.Module, torch.optim.Optimizer], None]
+
+
+def sgd(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The default optimizer: ``torch.optim.SGD`` on all parameters with ``config``'s momentum and weight decay."""
+    return torch.optim.SGD(model.parameters(), lr=config.peak_lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
 def train(model: nn.Module, train_set: data.Dataset, test_set: data.Dataset | None = None,
-          config: TrainConfig = TrainConfig(), probes: Sequence[tuple[str, nn.Module]] | None = None
+          config: TrainConfig = TrainConfig(), probes: Sequence[tuple[str, nn.Module]] | None = None,
+          *, optimizer_factory: OptimizerFactory | None = None, on_step: StepHook | None = None
           ) -> TrainResult:
     """Train ``model`` in place on ``train_set`` with SGD (see the module's doc for every formula).
 
@@ -289,6 +345,11 @@ def train(model: nn.Module, train_set: data.Dataset, test_set: data.Dataset | No
         train_set, test_set: the data (moved to the device whole); the test set is evaluated once, at the end.
         config: a :class:`TrainConfig`.
         probes: ``(name, module)`` points for ``config.probe_metrics`` instead of ``model.probe_points()``.
+        optimizer_factory: builds the optimizer from the model (already on the device) and the config; default
+            :func:`sgd`. The schedule sets every param group's ``lr`` to the step's rate times the group's
+            ``lr_scale`` (1 when absent) before each step; whatever else the optimizer does is its own.
+        on_step: ``on_step(step, model, optimizer)`` after each optimizer step (``.grad`` still holds the step's
+            gradient), to record weights and updates; it runs before the divergence test of that step.
 
     Returns:
         A :class:`TrainResult`. A divergent run ends at the divergent step with ``diverged=True``; nothing is
@@ -303,15 +364,14 @@ def train(model: nn.Module, train_set: data.Dataset, test_set: data.Dataset | No
     n_steps = config.epochs * steps_per_epoch
     n_steps = n_steps if config.max_steps is None else min(n_steps, config.max_steps)
     lrs = _lr_schedule(config, steps_per_epoch, n_steps)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lrs[0], momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = (optimizer_factory or sgd)(model, config)
     log = _Log()
     with ExitStack() as stack:
         opened = _open_probes(stack, model, config, probes)
         bar = stack.enter_context(tqdm(total=n_steps, desc="train", disable=not config.progress))
         for step, epoch, x, y in _steps(train_set, config, steps_per_epoch, n_steps):
             for group in optimizer.param_groups:
-                group["lr"] = lrs[step]
+                group["lr"] = lrs[step] * group.get("lr_scale", 1.0)
             for probe in opened:
                 probe.step = step
             logits = model(x)
@@ -319,6 +379,8 @@ def train(model: nn.Module, train_set: data.Dataset, test_set: data.Dataset | No
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if on_step is not None:
+                on_step(step, model, optimizer)
             hits = (logits.detach().argmax(dim=1) == y).sum().to(loss.dtype)
             loss_value, correct = torch.stack((loss.detach(), hits)).tolist()  # the step's one synchronization
             diverged = log.add(step, epoch, loss_value, correct, len(y), lrs[step], config.divergence_factor)

@@ -134,8 +134,8 @@ def test_resnet_argument_errors():
 def test_build_model_dispatch():
     assert isinstance(build_model("cnn", cfg="uniform", depth=2, width=4), models.NonResidualCNN)
     assert isinstance(build_model("resnet", depth=8, widths=SMALL), models.ResNet)
-    with pytest.raises(ValueError, match="cnn, resnet"):
-        build_model("vgg")
+    with pytest.raises(ValueError, match="cnn, resnet, vgg"):
+        build_model("mlp")
 
 
 @pytest.mark.parametrize("block", ["post", "pre"])
