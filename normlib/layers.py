@@ -24,6 +24,18 @@ evo_b0  :class:`EvoNormB0` (no separate act.)   activation  replaces_activation
 evo_s0  :class:`EvoNormS0` (no separate act.)   activation  replaces_activation
 ======  ======================================  ==========  ===================
 
+The normalizers of Hoffer et al. (2018, "Norm matters") are registered too, after the paper's set
+(:data:`NORM_NAMES` stays Lubana et al.'s; :data:`NORM_MATTERS_NAMES` lists these):
+
+======  ====================================================  ==========  ==========
+name    layer(s)                                              family      placement
+======  ====================================================  ==========  ==========
+l1bn    :class:`L1BatchNorm2d`, ReLU                          activation  after_conv
+linfbn  :class:`LinfBatchNorm2d`, ReLU                        activation  after_conv
+topkbn  :class:`TopkBatchNorm2d`, ReLU                        activation  after_conv
+bwn     :class:`BWNConv2d`, :class:`MeanBatchNorm2d`, ReLU    parametric  in_conv
+======  ====================================================  ==========  ==========
+
 Build layers with :func:`make_norm`, :func:`make_conv`, :func:`make_activation` or the
 whole block with :func:`conv_norm_act`; add your own normalizer with :func:`register_norm`.
 """
@@ -63,6 +75,14 @@ __all__ = [
     "ScaledReLU",
     "EvoNormB0",
     "EvoNormS0",
+    "NORM_MATTERS_NAMES",
+    "L1_CONSTANT",
+    "linf_constant",
+    "L1BatchNorm2d",
+    "LinfBatchNorm2d",
+    "TopkBatchNorm2d",
+    "MeanBatchNorm2d",
+    "BWNConv2d",
 ]
 
 EPS = 1e-5
@@ -558,6 +578,231 @@ class EvoNormS0(nn.Module):
         return f"{self.num_channels}, groups={self.num_groups}, eps={self.eps}, apply_act={self.apply_act}"
 
 
+# ------------------------------------------------- Lp batch norms (Hoffer et al. 2018, "Norm matters")
+
+#: :math:`C_{L^1} = \sqrt{\pi/2}`: for Gaussian :math:`x`, :math:`\mathrm{E}|x - \mu| = \sigma\sqrt{2/\pi}`, so
+#: :math:`C_{L^1}\,\mathrm{mean}|x - \mu|` estimates :math:`\sigma` (the paper's eq. 5 and its ``L1BatchNorm2d``).
+L1_CONSTANT = math.sqrt(math.pi / 2)
+
+
+def linf_constant(n: int) -> float:
+    r""":math:`C_{L^\infty}(n) = \frac{1 + \sqrt{\pi \ln 4}}{2\sqrt{2 \ln n}}`, the constant of the official
+    ``TopkBatchNorm2d`` (used for :math:`L^\infty` and Top-k alike), for :math:`n \ge 2` numbers per channel."""
+    if not _is_int(n) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (numbers per channel), got {n!r}")
+    return (1 + math.sqrt(math.pi * math.log(4))) / (2 * math.sqrt(2 * math.log(n)))
+
+
+class _DeviationBatchNorm2d(nn.Module):
+    r"""A batch norm that divides by a per-channel *scaled deviation* :math:`s_c` instead of the standard deviation.
+
+    .. math::
+        y = \frac{x - \mu_c}{s_c + \epsilon}\,\gamma_c + \beta_c ,
+
+    with :math:`\mu_c` the mean over :math:`(N, H, W)` and :math:`s_c` computed by the subclass from the
+    :math:`n = N H W` centred values of channel :math:`c` (:meth:`scaled_deviation`). :math:`\epsilon` is added to
+    the deviation, as in the official code (``1 / (deviation + eps)``), not to a variance. In training the running
+    statistics follow torch's convention, ``running <- (1 - momentum) * running + momentum * batch`` (the official
+    code weights the *old* value by ``momentum``); they hold :math:`\mu_c` and :math:`s_c` itself (the official
+    code averages :math:`1/(s_c + \epsilon)`), and eval mode uses them.
+    """
+
+    def __init__(self, num_channels: int, eps: float = EPS, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.empty(num_channels))
+        self.bias = nn.Parameter(torch.empty(num_channels))
+        self.register_buffer("running_mean", torch.empty(num_channels))
+        self.register_buffer("running_dev", torch.empty(num_channels))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        nn.init.zeros_(self.running_mean)
+        nn.init.ones_(self.running_dev)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def scaled_deviation(self, centred: Tensor) -> Tensor:
+        """The per-channel deviation :math:`s_c` (an estimate of the standard deviation) of ``centred``,
+        shape ``(N, C, H, W)`` with zero channel means; returns shape ``(C,)``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_4d(x, self)
+        if self.training:
+            n = x.numel() // x.shape[1]
+            if n < 2:
+                raise ValueError(
+                    f"Expected more than 1 value per channel when training, got input shape {tuple(x.shape)}"
+                )
+            mean = x.mean(dim=(0, 2, 3))
+            centred = x - _per_channel(mean)
+            dev = self.scaled_deviation(centred)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                self.running_dev.lerp_(dev.to(self.running_dev.dtype), self.momentum)
+        else:
+            centred = x - _per_channel(self.running_mean)
+            dev = self.running_dev
+        return _affine(centred, _per_channel(self.weight / (dev + self.eps)), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}"
+
+
+class L1BatchNorm2d(_DeviationBatchNorm2d):
+    r"""L1 Batch Normalization (Hoffer et al., 2018, eq. 5): batch norm with the mean absolute deviation.
+
+    .. math::
+        y = \frac{x - \mu_c}{C_{L^1}\,\frac1n \lVert x_c - \mu_c \rVert_1 + \epsilon}\,\gamma_c + \beta_c,
+        \qquad C_{L^1} = \sqrt{\pi/2},
+
+    over the :math:`n = N H W` values of channel :math:`c`. For Gaussian activations
+    :math:`\mathrm{E}|x - \mu| = \sigma\sqrt{2/\pi}`, so the denominator estimates :math:`\sigma`: no squares and
+    no square root (the official ``L1BatchNorm2d`` with ``normalized=True``). Running mean and deviation as in
+    :class:`_DeviationBatchNorm2d`.
+
+    Args:
+        num_channels: number of channels :math:`C`
+        eps: added to the deviation. Default: 1e-5
+        momentum: weight of the new batch in the running statistics. Default: 0.1
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`
+        - Output: :math:`(N, C, H, W)` (same shape as input)
+    """
+
+    def scaled_deviation(self, centred: Tensor) -> Tensor:
+        return centred.abs().mean(dim=(0, 2, 3)) * L1_CONSTANT
+
+
+class TopkBatchNorm2d(_DeviationBatchNorm2d):
+    r"""Top-k Batch Normalization (Hoffer et al., 2018): the mean of the :math:`k` largest absolute deviations.
+
+    .. math::
+        y = \frac{x - \mu_c}{C_{L^\infty}(n)\,\frac1k\sum_{j=1}^{k} |x - \mu_c|_{(j)} + \epsilon}\,\gamma_c
+            + \beta_c,
+        \qquad C_{L^\infty}(n) = \frac{1 + \sqrt{\pi\ln 4}}{2\sqrt{2\ln n}},
+
+    where :math:`|x - \mu_c|_{(j)}` is the :math:`j`-th largest of the :math:`n = N H W` absolute deviations of
+    channel :math:`c`. The constant is the official ``TopkBatchNorm2d``'s (:func:`linf_constant`), the same for
+    every :math:`k`; ``k=1`` is :math:`L^\infty` batch norm (:class:`LinfBatchNorm2d`), ``k=10`` the paper's
+    "Top10" (without the "ghost" moving average of ``GhostTopkBatchNorm2d``). Running statistics as in
+    :class:`_DeviationBatchNorm2d`.
+
+    Args:
+        num_channels: number of channels :math:`C`
+        k: how many of the largest deviations are averaged; at most :math:`n`. Default: 10
+        eps: added to the deviation. Default: 1e-5
+        momentum: weight of the new batch in the running statistics. Default: 0.1
+
+    Shape:
+        - Input: :math:`(N, C, H, W)` with :math:`N H W \ge k` in training
+        - Output: :math:`(N, C, H, W)` (same shape as input)
+    """
+
+    def __init__(self, num_channels: int, k: int = 10, eps: float = EPS, momentum: float = 0.1) -> None:
+        _check_positive_int("k", k)
+        super().__init__(num_channels, eps, momentum)
+        self.k = k
+
+    def scaled_deviation(self, centred: Tensor) -> Tensor:
+        n = centred.numel() // centred.shape[1]
+        if self.k > n:
+            raise ValueError(f"k={self.k} exceeds the n = N*H*W = {n} values per channel of input shape "
+                             f"{tuple(centred.shape)}; allowed: k <= n")
+        per_channel = centred.transpose(0, 1).reshape(centred.shape[1], n).abs()
+        if self.k == 1:
+            largest = per_channel.amax(dim=1)
+        else:
+            largest = per_channel.topk(self.k, dim=1, sorted=False).values.mean(dim=1)
+        return largest * linf_constant(n)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, k={self.k}, eps={self.eps}, momentum={self.momentum}"
+
+
+class LinfBatchNorm2d(TopkBatchNorm2d):
+    r""":math:`L^\infty` Batch Normalization (Hoffer et al., 2018, eq. 6): the maximum absolute deviation.
+
+    .. math::
+        y = \frac{x - \mu_c}{C_{L^\infty}(n)\,\lVert x_c - \mu_c \rVert_\infty + \epsilon}\,\gamma_c + \beta_c,
+        \qquad C_{L^\infty}(n) = \frac{1 + \sqrt{\pi\ln 4}}{2\sqrt{2\ln n}},
+
+    over the :math:`n = N H W` values of channel :math:`c`: :class:`TopkBatchNorm2d` with ``k=1`` (the official
+    ``TopkBatchNorm2d``'s default). The constant is the average of two bounds on :math:`\sigma / \mathrm{E}\max`,
+    not that ratio itself (see :mod:`normlib.theory.lp`).
+
+    Args:
+        num_channels: number of channels :math:`C`
+        eps: added to the deviation. Default: 1e-5
+        momentum: weight of the new batch in the running statistics. Default: 0.1
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`
+        - Output: :math:`(N, C, H, W)` (same shape as input)
+    """
+
+    def __init__(self, num_channels: int, eps: float = EPS, momentum: float = 0.1) -> None:
+        super().__init__(num_channels, k=1, eps=eps, momentum=momentum)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}"
+
+
+class MeanBatchNorm2d(nn.Module):
+    r"""Mean-only Batch Normalization (Salimans & Kingma, 2016; the official ``MeanBN``), used after a bounded
+    weight-normalized conv.
+
+    .. math::
+        y = x - \mathrm{E}_{N,H,W}[x] + \beta
+
+    No division. In training the running mean follows torch's convention
+    ``running_mean <- (1 - momentum) * running_mean + momentum * batch mean`` and eval mode uses it.
+
+    Args:
+        num_channels: number of channels :math:`C`
+        momentum: weight of the new batch in the running mean. Default: 0.1
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`
+        - Output: :math:`(N, C, H, W)` (same shape as input)
+    """
+
+    def __init__(self, num_channels: int, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.momentum = momentum
+        self.bias = nn.Parameter(torch.empty(num_channels))
+        self.register_buffer("running_mean", torch.empty(num_channels))
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        nn.init.zeros_(self.running_mean)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_4d(x, self)
+        if self.training:
+            mean = x.mean(dim=(0, 2, 3))
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+        else:
+            mean = self.running_mean
+        return x + _per_channel(self.bias - mean)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, momentum={self.momentum}"
+
+
 # ------------------------------------------------------------------ parametric (weight) norms
 
 
@@ -672,6 +917,60 @@ class ScaledReLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return (F.relu(x) - RELU_MEAN) * RELU_GAIN
+
+
+class BWNConv2d(_ReparamConv2d):
+    r"""2D convolution with Bounded Weight Normalization (Hoffer et al., 2018, eq. 7), as the official ``bwn.py``.
+
+    Output filter :math:`o` of the direction :math:`v` (``weight``) is rescaled by a per-channel gain
+    :math:`g_o` (``gain``), and the gains by a fixed per-layer bound :math:`\rho` (the buffer ``rho``):
+
+    .. math::
+        \hat W_o = \rho\,\frac{g_o}{\lVert g \rVert_2}\,\frac{v_o}{\lVert v_o \rVert_2 + \epsilon},
+        \qquad \lVert \hat W \rVert_F \approx \rho .
+
+    The layer's weight norm is therefore fixed, :math:`\rho = \lVert W_0 \rVert_F`, the Frobenius norm of the
+    He-initialized weight, while the split of that norm over the output channels (:math:`g`, initialized to the
+    filter norms :math:`\lVert v_o \rVert`) and every direction are learned. This is what the official code does:
+    ``g`` is rescaled every forward so that :math:`\lVert g\rVert` keeps its initial value
+    (``weight_g_prenorm``). The paper's eq. 7, :math:`w = \rho\, v / \lVert v \rVert` with :math:`\rho` a fixed
+    per-layer scalar, leaves open whether :math:`\rho` is per channel; the code's reading keeps a learnable
+    per-channel scale (which plain WN has through :math:`g`) while the layer's norm, and so its effective step size,
+    stays bounded. Pair it with :class:`MeanBatchNorm2d` (mean-only BN) and a ReLU. The arguments are those of
+    :class:`torch.nn.Conv2d`, with the bias **off** by default (the mean-only BN after it removes any bias) and
+    ``padding=None`` meaning "same" padding :math:`d(k-1)/2`.
+
+    Args:
+        eps: added to the filter norm. Default: 1e-5
+
+    Shape:
+        - Input: :math:`(N, C_{in}, H, W)`
+        - Output: :math:`(N, C_{out}, H_{out}, W_{out})`
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=None, dilation=1,
+                 groups: int = 1, bias: bool = False, eps: float = EPS) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, eps)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if not hasattr(self, "gain"):  # nn.Conv2d.__init__ calls this before the gain exists
+            return
+        with torch.no_grad():
+            self.gain.copy_(torch.linalg.vector_norm(self.weight, dim=(1, 2, 3)))
+            rho = torch.linalg.vector_norm(self.gain)
+        if "rho" in self._buffers:
+            self.rho.copy_(rho)
+        else:
+            self.register_buffer("rho", rho.clone())
+
+    def effective_weight(self) -> Tensor:
+        norm = torch.linalg.vector_norm(self.weight, dim=(1, 2, 3), keepdim=True)
+        gain = self.gain * (self.rho / torch.linalg.vector_norm(self.gain))
+        return gain.view(-1, 1, 1, 1) * self.weight / (norm + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rho={self.rho.item():.4g}"
 
 
 # --------------------------------------------------------------------------------- registry
@@ -885,3 +1184,21 @@ for _builtin in _BUILTINS:
 del _builtin
 
 NORM_NAMES: tuple[str, ...] = tuple(info.name for info, *_ in _BUILTINS)
+
+
+def _bwn_conv(in_channels, out_channels, kernel_size, stride, padding) -> BWNConv2d:
+    return BWNConv2d(in_channels, out_channels, kernel_size, stride, padding)
+
+
+_NORM_MATTERS = (
+    (NormInfo("l1bn", "L1 BatchNorm", "activation", "after_conv"), L1BatchNorm2d, None, None),
+    (NormInfo("linfbn", "L∞ BatchNorm", "activation", "after_conv"), LinfBatchNorm2d, None, None),
+    (NormInfo("topkbn", "Top-k BatchNorm", "activation", "after_conv"), TopkBatchNorm2d, None, None),
+    (NormInfo("bwn", "Bounded WN", "parametric", "in_conv"), MeanBatchNorm2d, _bwn_conv, None),
+)
+for _extra in _NORM_MATTERS:
+    register_norm(*_extra)
+del _extra
+
+#: The normalizers of Hoffer et al. (2018), registered after the paper's :data:`NORM_NAMES`.
+NORM_MATTERS_NAMES: tuple[str, ...] = tuple(info.name for info, *_ in _NORM_MATTERS)
