@@ -38,7 +38,9 @@ RUN_DIR_ENV = "NORMLIB_RUN_DIR"
 
 @dataclass(frozen=True)
 class ClaimCheck:
-    """One checked claim. ``source`` says whose statement the prediction is: ``"paper"`` or ``"derived"``."""
+    """One checked claim. ``source`` says whose statement the prediction is: ``"paper"`` (the paper's own),
+    ``"derived"`` (derived in this book) or ``"known"`` (a published result from outside the paper, cited where it
+    is used, e.g. the Fuss–Catalan law of random matrix theory)."""
 
     id: str
     paper: str
