@@ -35,3 +35,12 @@ def divisors_of_width(config: dict[str, Any], name: str = "group_sizes", width_n
 def device_available(config: dict[str, Any]) -> None:
     """The ``device`` parameter names a device this machine has (``resolve_device`` says which are allowed)."""
     resolve_device(config["device"])
+
+
+def normalizer_against_none(config: dict[str, Any], name: str = "norm") -> None:
+    """``config[name]`` is a registered normalizer other than ``none`` (the network it is compared with)."""
+    if config[name] == "none":
+        allowed = ", ".join(n for n in layers.NORM_NAMES if n != "none")
+        raise ParameterError(f"parameter {name!r}: invalid value 'none'; allowed: a normalizer to compare with the "
+                             f"network without one: {allowed} or one you registered")
+    registered_norms({name: [config[name]]}, name)

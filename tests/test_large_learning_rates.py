@@ -1,0 +1,133 @@
+"""Bjorck et al.'s large learning rates: presets, validation, the measurements on known cases, claims that can
+fail, and the notebook run."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from normlib import data, models, presets
+from normlib.experiments import large_learning_rates as ll
+from normlib.params import ParameterError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(depth=4, widths=[4, 8], step_sizes=[0.001, 1.0, 1000.0], divergence_batches=1, learning_rates=[0.01, 0.1],
+            noise_pool=16, noise_batch_sizes=[2, 8], noise_draws=3, noise_step_sizes=[0.01, 0.1],
+            dataset="synthetic", subset=32, test_subset=16, batch_size=8)
+
+
+def test_paper_preset_is_the_papers_setup():
+    config = ll.resolve("paper")
+    assert (config["arch"], config["depth"], config["widths"], config["dataset"]) == (
+        "resnet", 110, [16, 32, 64], "cifar10")
+    assert config["learning_rates"] == [0.0001, 0.003, 0.1] and config["batch_size"] == 128
+    assert config["weight_decay"] == 5e-4 and config["momentum"] == 0.9 and config["device"] == "auto"
+    train = presets.train_config(config, lr=0.1)
+    assert train.peak_lr == 0.1 and train.schedule == "multistep" and train.lr_milestones == (82,)
+    assert train.epochs == 164
+    (point, *_) = ll.training_grid(config)
+    assert point["arch"] == "resnet" and point["model"]["depth"] == 110
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"norm": "none"}, r"parameter 'norm'.*allowed: a normalizer"),
+    ({"arch": "vgg"}, r"parameter 'arch'.*cnn, resnet"),
+    ({"arch": "resnet", "depth": 10, "widths": [4, 4, 4]}, r"parameter 'depth'.*6n\+2"),
+    ({"widths": [4, 8, 16]}, r"parameter 'widths'.*two widths"),
+    ({"noise_batch_sizes": [8, 512]}, r"parameter 'noise_batch_sizes'.*512 is not below noise_pool 512"),
+    ({"noise_step_sizes": [0.1]}, r"noise_step_sizes.*at least two"),
+    ({"learning_rates": [0.1, 0.0]}, r"parameter 'learning_rates'.*positive"),
+    ({"momentum": 2.0}, r"parameter 'momentum'"),
+])
+def test_invalid_parameters(overrides, match):
+    with pytest.raises(ParameterError, match=match):
+        ll.resolve("book", **overrides)
+
+
+def test_cnn_cfg_has_two_strided_stages():
+    assert ll.cnn_cfg(10, [16, 32]) == [[16, 2], 16, 16, 16, 16, [32, 2], 32, 32, 32, 32]
+    assert ll.cnn_cfg(2, [4, 8]) == [[4, 2], [8, 2]]
+
+
+def test_divergence_threshold_on_known_curves():
+    steps = [1e-3, 1e-2, 1e-1, 1.0]
+    assert ll.divergence_threshold(steps, np.array([1.0, 2.0, 5e3, 1e9]), 1e3) == 0.1
+    assert ll.divergence_threshold(steps, np.array([1.0, math.inf, 2.0, 2.0]), 1e3) == 0.01
+    assert math.isnan(ll.divergence_threshold(steps, np.array([1.0, 1.0, 1.0, 10.0]), 1e3))
+
+
+def _model_and_batch(norm="none"):
+    dataset = data.load_dataset("synthetic", "train", shape=(1, 8, 8), size=12, seed=0)
+    config = ll.resolve("book", depth=3, widths=[4, 4])
+    return ll.build(config, norm, dataset, seed=0), dataset.images, dataset.labels
+
+
+def test_relative_losses_restore_the_model():
+    model, x, y = _model_and_batch("bn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    base, ratios = ll.relative_losses(model, x, y, [0.0, 1e-3, 10.0])
+    assert ratios[0] == pytest.approx(1.0) and base > 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_per_example_gradients_average_to_the_batch_gradient():
+    model, x, y = _model_and_batch()
+    per = ll.per_example_gradients(model, x, y)
+    assert per.shape == (12, sum(p.numel() for p in model.parameters()))
+    torch.testing.assert_close(per.mean(dim=0), ll.minibatch_gradient(model, x, y), rtol=1e-4, atol=1e-6)
+
+
+def test_sgd_step_deviation_is_zero_along_its_own_gradient():
+    model, x, y = _model_and_batch()
+    own = ll.minibatch_gradient(model, x, y)
+    assert ll.sgd_step_deviation(model, x, y, own, 0.1) < 1e-12
+    other = torch.zeros_like(own)
+    assert ll.sgd_step_deviation(model, x, y, other, 0.1) == pytest.approx(0.01 * float((own.double() ** 2).sum()),
+                                                                            rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = ll.resolve("book", **TINY)
+    return config, ll.measure(config, cache=False, executor="serial")
+
+
+def test_measurement_is_tidy_and_deterministic(tiny):
+    config, measured = tiny
+    assert set(measured) == {"divergence", "train", "noise", "noise_steps", "noise_variance"}
+    assert len(measured["divergence"]) == 2 * 3 and len(measured["train"]) == 2 * 2
+    assert len(measured["noise"]) == 2 * 3 and len(measured["noise_steps"]) == 2 * 3
+    again = ll.measure_uncached(config, executor="serial", cache=False)
+    for key in ("divergence", "noise", "noise_steps", "noise_variance"):
+        assert measured[key].equals(again[key]), key
+    assert measured["train"]["test_accuracy"].equals(again["train"]["test_accuracy"])
+
+
+def test_claims_fail_when_the_prediction_is_wrong(tiny, monkeypatch):
+    config, measured = tiny
+    checks = {c.id: c for c in ll.check_claims(config, measured)}
+    assert set(checks) == {"L.threshold", "L.small_lr", "L.best_lr", "L.noise_batch", "L.noise_level",
+                           "L.noise_step"}
+    assert checks["L.noise_step"].passed  # an identity of the update rule: exact at any scale
+    monkeypatch.setattr(ll.theory, "sgd_noise", lambda c, b, a=1.0, pool_size=None: 100 * c / np.asarray(b))
+    assert not {c.id: c.passed for c in ll.check_claims(config, measured)}["L.noise_level"]
+
+
+def test_run_executes_the_notebook_with_papermill(tmp_path):
+    args = [a for k, v in TINY.items() for a in ("-p", k, json.dumps(v) if isinstance(v, list) else str(v))]
+    env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "normlib", "run", "notebooks/05_large_learning_rates.md",
+                             "--out", str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("05_large_learning_rates-")]
+    assert len(list((run_dir / "figures").glob("*.png"))) >= 3
+    records = json.loads((run_dir / "claims.json").read_text())
+    assert {r["id"] for r in records} >= {"L.threshold", "L.noise_batch"}

@@ -1,0 +1,101 @@
+"""Bjorck et al.'s unnormalized pathologies: presets, validation, a tiny measurement, claims that can fail, and the
+notebook run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normlib import models
+from normlib.experiments import unnormalized_pathologies as up
+from normlib.params import ParameterError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(depth=8, widths=[4, 4, 4], dataset="synthetic", batch_size=8, repeats=1, rmt_width=40,
+            rmt_factors=[1, 2], rmt_trials=1, linear_width=6, linear_depths=[1, 2, 3], linear_trials=10)
+
+
+def test_paper_preset_is_the_papers_setup():
+    config = up.resolve("paper")
+    assert (config["depth"], config["widths"], config["dataset"]) == (110, [16, 32, 64], "cifar10")
+    assert config["norm"] == "bn" and config["batch_size"] == 128 and config["rmt_factors"] == [1, 3, 5]
+    assert config["device"] == "auto"
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"norm": "none"}, r"parameter 'norm'.*allowed: a normalizer.*bn"),
+    ({"norm": "batchnorm"}, r"parameter 'norm'.*bn"),
+    ({"depth": 9}, r"parameter 'depth'.*6n\+2"),
+    ({"widths": [16, 32]}, r"parameter 'widths'"),
+    ({"gradient_layer": 500}, r"parameter 'gradient_layer'.*from 1 to 111"),
+    ({"rmt_factors": [1, 1]}, r"parameter 'rmt_factors'.*duplicate"),
+    ({"linear_depths": [3]}, r"parameter 'linear_depths'.*at least two"),
+    ({"dataset": "imagenet"}, r"parameter 'dataset'.*fashion-mnist"),
+    ({"depth_of_field": 3}, r"unknown parameter 'depth_of_field'"),
+])
+def test_invalid_parameters(overrides, match):
+    with pytest.raises(ParameterError, match=match):
+        up.resolve("book", **overrides)
+
+
+def test_conv_count_and_middle_layer():
+    model = models.make_resnet(110, (4, 4, 4), norm="none", in_channels=3, num_classes=10)
+    assert up.num_convs(110) == len(model.conv_points()) == 111
+    assert up.gradient_layer(up.resolve("book")) == 56
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = up.resolve("book", **TINY)
+    return config, up.measure(config, cache=False)
+
+
+def test_measurement_is_tidy_and_deterministic(tiny):
+    config, measured = tiny
+    assert set(measured) == {"stream", "gradients", "logit_gradients", "singular_values", "condition"}
+    assert set(measured["stream"].norm) == {"bn", "none"}
+    assert len(measured["stream"]) == 2 * (1 + 3)  # stem + 3 blocks, two networks
+    assert len(measured["singular_values"]) == 2 * 40 and len(measured["condition"]) == 3 * 10
+    again = up.measure_uncached(config)
+    for key in measured:
+        assert measured[key].equals(again[key]), key
+
+
+def test_summaries_on_known_cases(tiny):
+    config, measured = tiny
+    logit = measured["logit_gradients"].copy()
+    logit["predicted"] = 3  # every image predicted as class 3
+    assert up.one_class_fraction({**measured, "logit_gradients": logit}, "none") == 1.0
+    values = measured["singular_values"].copy()
+    values.loc[values.factors == 1, "singular_value"] = np.sqrt(np.linspace(1e-6, 4, (values.factors == 1).sum()))
+    assert up.ks_distance({**measured, "singular_values": values}, 1) > 0.05  # uniform in s^2, not Marchenko-Pastur
+
+
+def test_claims_fail_when_the_prediction_is_wrong(tiny, monkeypatch):
+    config, measured = tiny
+    ids = {c.id for c in up.check_claims(config, measured)}
+    assert {"U.none_growth", "U.norm_growth", "U.gradient_scale", "U.one_class", "R.smax_1", "R.law_2",
+            "R.condition"} <= ids
+    monkeypatch.setattr(up, "predict_stream", lambda cfg, norm: 10.0 ** np.arange(1 + 3))  # x10 per block
+    monkeypatch.setattr(up.theory, "product_singular_value_max", lambda m: 10.0)
+    verdicts = {c.id: c.passed for c in up.check_claims(config, measured)}
+    assert not verdicts["U.none_growth"] and not verdicts["R.smax_1"]
+
+
+def test_run_executes_the_notebook_with_papermill(tmp_path):
+    args = [a for k, v in TINY.items() for a in ("-p", k, json.dumps(v) if isinstance(v, list) else str(v))]
+    env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "normlib", "run", "notebooks/06_unnormalized_pathologies.md",
+                             "--out", str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("06_unnormalized_pathologies-")]
+    assert (run_dir / "06_unnormalized_pathologies.ipynb").exists()
+    assert len(list((run_dir / "figures").glob("*.png"))) >= 5
+    records = json.loads((run_dir / "claims.json").read_text())
+    assert "R.condition" in {r["id"] for r in records}
+    assert json.loads((run_dir / "parameters.json").read_text())["rmt_width"] == 40
