@@ -28,3 +28,22 @@ def test_intro_bibliography_and_reproduce_pages():
     assert "Beyond BatchNorm" in page("book/intro.html")
     assert "Lindley" in page("book/bibliography.html")
     assert "register_norm" in page("book/reproduce.html")
+
+
+def test_every_chapter_page_has_figures_and_a_verdict():
+    from normlib.experiments import EXPERIMENTS
+
+    for stem in EXPERIMENTS:
+        html = page(f"notebooks/{stem}.html")
+        assert len(re.findall(r"<img[^>]+(src=\"data:image/png|\.png)", html)) >= 2, stem
+        text = re.sub(r"<[^>]+>", "", html)
+        assert "{glue:" not in text, stem
+        assert re.search(r"Verdict\.\s+(All \d+ checks|\d+ of \d+ checks)", text), stem
+
+
+def test_scorecard_lists_every_notebook():
+    from normlib.experiments import EXPERIMENTS
+
+    text = re.sub(r"<[^>]+>", "", page("book/scorecard.html"))
+    for stem in EXPERIMENTS:
+        assert stem in text

@@ -18,6 +18,10 @@ EXPERIMENTS: dict[str, str] = {
     "01_stable_forward": "normlib.experiments.stable_forward",
     "02_informative_forward": "normlib.experiments.informative_forward",
     "03_stable_backward": "normlib.experiments.stable_backward",
+    "05_large_learning_rates": "normlib.experiments.large_learning_rates",
+    "06_unnormalized_pathologies": "normlib.experiments.unnormalized_pathologies",
+    "07_weight_decay_effective_lr": "normlib.experiments.weight_decay",
+    "08_lp_batchnorm_low_precision": "normlib.experiments.lp_batchnorm",
 }
 
 
