@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 __all__ = [
     "DATASETS",
+    "IMAGE_SHAPES",
     "SPLITS",
     "SOURCES",
     "Dataset",
@@ -78,6 +79,9 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.5, 0.5
 
 _NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+#: The shape ``(C, H, W)`` of one example of each dataset (synthetic: its default).
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                                                 "cifar100": (3, 32, 32), "synthetic": (3, 32, 32)}
 _SYNTHETIC_SIZE = {"train": 1024, "test": 256}
 _SUBSET, _SYNTHETIC, _BATCHES = range(3)  # independent random streams of one seed
 
@@ -313,7 +317,7 @@ def _balanced_indices(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 def _synthetic(split: str, subset: int | None, seed: int, shape: tuple[int, ...] | None, num_classes: int | None,
                size: int | None) -> Dataset:
-    shape = (3, 32, 32) if shape is None else shape
+    shape = IMAGE_SHAPES["synthetic"] if shape is None else shape
     num_classes = 10 if num_classes is None else num_classes
     size = _SYNTHETIC_SIZE[split] if size is None else size
     if not (isinstance(shape, tuple) and shape and all(isinstance(d, int) and d > 0 for d in shape)):

@@ -117,6 +117,7 @@ def test_fashion_mnist_tiny(env, monkeypatch, tmp_path, gz, via):
         assert torch.equal(ds.labels, torch.from_numpy(labels.astype(np.int64)))
         assert (ds.num_classes, ds.channels, ds.shape, ds.mean, ds.std) == (10, 1, (1, 28, 28), (0.5,), (0.5,))
         assert ds.source == base / "fashion-mnist" and ds.split == split and ds.indices is None
+        assert ds.shape == data.IMAGE_SHAPES["fashion-mnist"]
     assert ds.images.min() >= -1 and ds.images.max() <= 1
 
 
@@ -128,6 +129,7 @@ def test_cifar_tiny(env, monkeypatch, name, classes):
         rows, labels = arrays[split]
         assert ds.images.shape == (n, 3, 32, 32) and ds.num_classes == classes and ds.channels == 3
         assert torch.equal(ds.images, normalized(rows.reshape(n, 3, 32, 32)))
+        assert ds.shape == data.IMAGE_SHAPES[name]
         assert torch.equal(ds.labels, torch.from_numpy(labels))
         assert ds.mean == (0.5, 0.5, 0.5) and ds.std == (0.5, 0.5, 0.5)
 

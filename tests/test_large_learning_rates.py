@@ -3,20 +3,15 @@ fail, and the notebook run."""
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from normlib import data, models, presets
+from normlib import data, presets
 from normlib.experiments import large_learning_rates as ll
 from normlib.params import ParameterError
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(depth=4, widths=[4, 8], step_sizes=[0.001, 1.0, 1000.0], divergence_batches=1, learning_rates=[0.01, 0.1],
             noise_pool=16, noise_batch_sizes=[2, 8], noise_draws=3, noise_step_sizes=[0.01, 0.1],
             dataset="synthetic", subset=32, test_subset=16, batch_size=8)
@@ -115,19 +110,16 @@ def test_claims_fail_when_the_prediction_is_wrong(tiny, monkeypatch):
     checks = {c.id: c for c in ll.check_claims(config, measured)}
     assert set(checks) == {"L.threshold", "L.small_lr", "L.best_lr", "L.noise_batch", "L.noise_level",
                            "L.noise_step"}
-    assert checks["L.noise_step"].passed  # an identity of the update rule: exact at any scale
+    steps = measured["noise_steps"].assign(scaled=lambda f: f.deviation / f.step_size**2)
+    by_alpha = steps.pivot(index="draw", columns="step_size", values="scaled").to_numpy()
+    # every step size draws its own mini-batches, so L.noise_step is a statistical test, not an identity
+    assert not np.allclose(by_alpha[:, 0], by_alpha[:, 1], rtol=1e-3)
     monkeypatch.setattr(ll.theory, "sgd_noise", lambda c, b, a=1.0, pool_size=None: 100 * c / np.asarray(b))
     assert not {c.id: c.passed for c in ll.check_claims(config, measured)}["L.noise_level"]
 
 
-def test_run_executes_the_notebook_with_papermill(tmp_path):
-    args = [a for k, v in TINY.items() for a in ("-p", k, json.dumps(v) if isinstance(v, list) else str(v))]
-    env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "normlib", "run", "notebooks/05_large_learning_rates.md",
-                             "--out", str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("05_large_learning_rates-")]
+def test_run_executes_the_notebook_with_papermill(run_notebook):
+    run_dir = run_notebook("05_large_learning_rates", TINY)
     assert len(list((run_dir / "figures").glob("*.png"))) >= 3
     records = json.loads((run_dir / "claims.json").read_text())
     assert {r["id"] for r in records} >= {"L.threshold", "L.noise_batch"}

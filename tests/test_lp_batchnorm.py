@@ -2,10 +2,6 @@
 reduced-precision training, and the notebook run through the command line."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,7 +11,6 @@ from normlib import presets, theory
 from normlib.experiments import lp_batchnorm as lb
 from normlib.params import ParameterError
 
-ROOT = Path(__file__).resolve().parents[1]
 SYNTH = {"dataset": "synthetic", "subset": 64, "test_subset": 32}
 TINY = dict(const_ns=[16, 200], const_repeats=64, sigmas=[4.0, 16.0], overflow_repeats=2, width=8, batch_size=32,
             **SYNTH)
@@ -159,17 +154,11 @@ def test_reduced_precision_wrapper():
     assert len(net.conv_points()) == 2 and "bfloat16" in repr(net)
 
 
-def test_run_executes_the_notebook_with_papermill(tmp_path):
-    args = ["-p", "const_ns", "[16, 128]", "-p", "const_repeats", "16", "-p", "sigmas", "[4, 16]",
-            "-p", "overflow_repeats", "1", "-p", "norms", "bn,l1bn,bwn", "-p", "lowp_norms", "l1bn",
-            "-p", "width", "4", "-p", "dataset", "synthetic", "-p", "subset", "32", "-p", "test_subset", "16",
-            "-p", "batch_size", "16"]
-    env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "normlib", "run", "notebooks/08_lp_batchnorm_low_precision.md",
-                             "--out", str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("08_lp_batchnorm_low_precision-")]
+def test_run_executes_the_notebook_with_papermill(run_notebook):
+    run_dir = run_notebook("08_lp_batchnorm_low_precision", {
+        "const_ns": [16, 128], "const_repeats": 16, "sigmas": [4, 16], "overflow_repeats": 1,
+        "norms": "bn,l1bn,bwn", "lowp_norms": "l1bn", "width": 4, "dataset": "synthetic", "subset": 32,
+        "test_subset": 16, "batch_size": 16})
     assert (run_dir / "08_lp_batchnorm_low_precision.ipynb").exists()
     assert len(list((run_dir / "figures").glob("*.png"))) >= 3
     records = json.loads((run_dir / "claims.json").read_text())

@@ -2,10 +2,6 @@
 notebook run."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +10,6 @@ from normlib import models
 from normlib.experiments import unnormalized_pathologies as up
 from normlib.params import ParameterError
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(depth=8, widths=[4, 4, 4], dataset="synthetic", batch_size=8, repeats=1, rmt_width=40,
             rmt_factors=[1, 2], rmt_trials=1, linear_width=6, linear_depths=[1, 2, 3], linear_trials=10)
 
@@ -86,14 +81,8 @@ def test_claims_fail_when_the_prediction_is_wrong(tiny, monkeypatch):
     assert not verdicts["U.none_growth"] and not verdicts["R.smax_1"]
 
 
-def test_run_executes_the_notebook_with_papermill(tmp_path):
-    args = [a for k, v in TINY.items() for a in ("-p", k, json.dumps(v) if isinstance(v, list) else str(v))]
-    env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "normlib", "run", "notebooks/06_unnormalized_pathologies.md",
-                             "--out", str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("06_unnormalized_pathologies-")]
+def test_run_executes_the_notebook_with_papermill(run_notebook):
+    run_dir = run_notebook("06_unnormalized_pathologies", TINY)
     assert (run_dir / "06_unnormalized_pathologies.ipynb").exists()
     assert len(list((run_dir / "figures").glob("*.png"))) >= 5
     records = json.loads((run_dir / "claims.json").read_text())

@@ -4,10 +4,6 @@ measurement, claims that can fail, and the notebook run."""
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +16,6 @@ from normlib.optim import SGDWDMimic, channel_norms
 from normlib.params import ParameterError
 from normlib.train import TrainConfig, lr_at, train
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="synthetic", subset=96, test_subset=32, batch_size=32, epochs=2, lr_milestones=[1],
             repeats=2, sgd_steps=4, invariance_batch=8, invariance_scales=[0.1, 4.0], width=4)
 
@@ -226,16 +221,8 @@ def test_gap_needs_to_exceed_the_noise(tiny):
                                                             (corrected - off) / (on - off), rel_tol=1e-6)
 
 
-def test_run_executes_the_notebook_with_papermill(tmp_path):
-    args = []
-    for name, value in TINY.items():
-        args += ["-p", name, json.dumps(value) if isinstance(value, list) else str(value)]
-    env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "normlib", "run", "notebooks/07_weight_decay_effective_lr.md",
-                             "--out", str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=900, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("07_weight_decay_effective_lr-")]
+def test_run_executes_the_notebook_with_papermill(run_notebook):
+    run_dir = run_notebook("07_weight_decay_effective_lr", TINY)
     assert list((run_dir / "figures").glob("*.png"))
     records = json.loads((run_dir / "claims.json").read_text())
     assert {r["id"] for r in records} == {"W.invariance", "W.gradient", "W.eps", "W.angular", "W.recursion",

@@ -44,3 +44,18 @@ def normalizer_against_none(config: dict[str, Any], name: str = "norm") -> None:
         raise ParameterError(f"parameter {name!r}: invalid value 'none'; allowed: a normalizer to compare with the "
                              f"network without one: {allowed} or one you registered")
     registered_norms({name: [config[name]]}, name)
+
+
+def resnet_depth(config: dict[str, Any]) -> None:
+    """``config["depth"]`` is a CIFAR ResNet depth, 6n+2."""
+    depth = config["depth"]
+    if (depth - 2) % 6 != 0:
+        raise ParameterError(f"parameter 'depth': invalid value {depth!r}; allowed: 6n+2 with n >= 1, "
+                             "e.g. 8, 20, 32, 44, 56, 110")
+
+
+def resnet_widths(config: dict[str, Any]) -> None:
+    """``config["widths"]`` gives the three stage widths of a CIFAR ResNet."""
+    if len(config["widths"]) != 3:
+        raise ParameterError(f"parameter 'widths': invalid value {config['widths']!r}; allowed: three stage widths, "
+                             "e.g. [32, 64, 128] (the paper's ResNet-56)")

@@ -34,19 +34,6 @@ VARIANTS = ("plain", "skipinit", "nf")
 GROUPED = ("gn", "evo_s0")
 
 
-def _check_depth(config: dict[str, Any]) -> None:
-    depth = config["depth"]
-    if (depth - 2) % 6 != 0:
-        raise ParameterError(f"parameter 'depth': invalid value {depth!r}; allowed: 6n+2 with n >= 1, "
-                             "e.g. 8, 20, 32, 44, 56, 110")
-
-
-def _check_widths(config: dict[str, Any]) -> None:
-    if len(config["widths"]) != 3:
-        raise ParameterError(f"parameter 'widths': invalid value {config['widths']!r}; allowed: three stage widths, "
-                             "e.g. [32, 64, 128] (the paper's ResNet-56)")
-
-
 def _check_groups(config: dict[str, Any]) -> None:
     """Every grouped normalizer asked for must be buildable at every width (group size divides the width)."""
     for norm in (n for n in config["norms"] if n in GROUPED):
@@ -82,7 +69,8 @@ SPEC = ParamSpec(
                   "block": "post", "group_size": None, "batch_size": 256, "image_size": 32, "repeats": 5,
                   "alpha": 0.2, "seed": 0, "device": "auto"},
     },
-    checks=(lambda config: shared_checks.registered_norms(config, "norms"), _check_depth, _check_widths, _check_groups,
+    checks=(lambda config: shared_checks.registered_norms(config, "norms"), shared_checks.resnet_depth,
+            shared_checks.resnet_widths, _check_groups,
             shared_checks.device_available),
 )
 

@@ -92,7 +92,7 @@ SPEC = ParamSpec(
                   "rmt_trials": 10, "linear_width": 32, "linear_depths": [1, 2, 3, 4, 5, 6, 7, 8],
                   "linear_trials": 1000, "seed": 0, "device": "auto"},
     },
-    checks=(shared_checks.normalizer_against_none, stable_forward._check_depth, stable_forward._check_widths,
+    checks=(shared_checks.normalizer_against_none, shared_checks.resnet_depth, shared_checks.resnet_widths,
             _check_layer, _check_factors,
             shared_checks.device_available),
 )
@@ -120,9 +120,8 @@ def gradient_layer(config: dict[str, Any]) -> int:
 
 def _batch(config: dict[str, Any], repeat: int) -> data.Dataset:
     """A class-balanced batch of training images, a different one per repeat."""
-    options = {"shape": (3, 32, 32)} if config["dataset"] == "synthetic" else {}
     return data.load_dataset(config["dataset"], "train", subset=config["batch_size"],
-                             seed=derive_seed(config["seed"], repeat, 1), **options)
+                             seed=derive_seed(config["seed"], repeat, 1))
 
 
 def _channel_stats(x: torch.Tensor) -> dict[str, float]:
@@ -223,7 +222,7 @@ def measure(config: dict[str, Any], cache: bool = True) -> dict[str, pd.DataFram
 
 def image_size(config: dict[str, Any]) -> int:
     """Height (= width) of the dataset's images."""
-    return {"fashion-mnist": 28}.get(config["dataset"], 32)
+    return data.IMAGE_SHAPES[config["dataset"]][-1]
 
 
 def predict_stream(config: dict[str, Any], norm: str) -> np.ndarray:

@@ -33,7 +33,6 @@ schedule, which (an old-PyTorch ``StepLR`` stepped at the start of each epoch) d
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -49,7 +48,7 @@ from normlib import claims, data, models, presets, theory
 from normlib.cache import cached_call
 from normlib.optim import SGDWDMimic, channel_norms
 from normlib.params import Param, ParameterError
-from normlib.runtime import derive_seed, resolve_device
+from normlib.runtime import derive_seed, resolve_device, torch_threads
 from normlib.train import TrainConfig, train
 from normlib.train import evaluate as test_accuracy
 
@@ -461,22 +460,8 @@ def measure_uncached(config: dict[str, Any]) -> dict[str, Any]:
     loss per step), ``epoch_accuracy`` (``run, repeat, epoch, test_accuracy`` when ``test_every_epoch``) and
     ``test_size`` (images in the test set)."""
     device = resolve_device(config["device"])
-    with _threads(1 if device.type == "cpu" else None):
+    with torch_threads(1 if device.type == "cpu" else None):
         return _measure(config, device)
-
-
-@contextlib.contextmanager
-def _threads(count: int | None):
-    """Run with ``count`` intra-op CPU threads (None: unchanged), restoring the setting after. The book's networks
-    are so small (8 to 32 channels) that splitting each op over threads costs more than it saves: one thread is
-    faster on two cores, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _measure(config: dict[str, Any], device: torch.device) -> dict[str, Any]:
