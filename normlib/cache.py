@@ -1,15 +1,28 @@
 """A result cache keyed by content: (function, resolved config, normlib's code, torch version).
 
-``cached_call(fn, config)`` returns ``fn(**config)``, computed once: the result is pickled into
-``<root>/<key[:2]>/<key>.pkl``, where ``key`` is :func:`cache_key`. Any change to the config, to any ``.py`` file of
-normlib, or to the torch version gives a new key, so a stale result is never returned. Code *outside* normlib
+``cached_call(fn, config)`` returns ``fn(**config)``, computed once: the result is stored in
+``<root>/<key[:2]>/<key>.entry``, where ``key`` is :func:`cache_key`. Any change to the config, to any ``.py`` file
+of normlib, or to the torch version gives a new key, so a stale result is never returned. Code *outside* normlib
 (a test helper, a notebook's own function) is identified by its qualified name only: pass ``refresh=True`` after
-changing it.
+changing it. A caller that computes with arguments outside the key (an executor) uses :func:`lookup`, then
+:func:`store`.
 
-An entry is one file: an 8-byte magic, the 64-character key, the sha256 of the payload, then the pickled payload.
-It is written to a temporary file in the same folder, fsynced and moved into place with ``os.replace``, so a reader
-(or a killed writer) never sees half an entry. An entry that fails any check (magic, key, checksum, unpickling) is
-logged as a warning and recomputed, never trusted. Entries are pickles: only read a cache folder you wrote.
+An entry is one file: an 8-byte magic (``NLCACHE2``), the 64-character key, the sha256 of the payload, then the
+payload: an ``.npz`` archive of :mod:`normlib.serialize` (a JSON manifest and one ``.npy`` array per numeric leaf),
+read with ``np.load(allow_pickle=False)`` and ``json`` only. Reading an entry runs no code whatever the file holds, so
+a cache folder shared with others (a Dask or Slurm sweep) cannot be used to run code in whoever reads it; someone who
+can write to it can still plant wrong *values* (the checksum detects damage, it is not a signature). Entries of the
+old pickle format (``<key>.pkl``) are never opened.
+
+What can be stored is what :mod:`normlib.serialize` round-trips exactly: None, bool, int, float, str, containers of
+them, numpy arrays and scalars, pandas DataFrames/Series/indexes, registered dataclasses (such as
+:class:`~normlib.train.TrainResult`). A result of another type is still returned by :func:`cached_call`, with a
+logged warning that names the type; it is not stored. :func:`store` does the same, or raises the TypeError with
+``strict=True``.
+
+An entry is written to a temporary file in the same folder, fsynced and moved into place with ``os.replace``, so a
+reader (or a killed writer) never sees half an entry. An entry that fails any check (magic, key, checksum, decoding)
+is logged as a warning and recomputed, never trusted.
 """
 
 from __future__ import annotations
@@ -20,19 +33,21 @@ import json
 import logging
 import numbers
 import os
-import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["cache_root", "code_fingerprint", "cache_key", "cached_call", "lookup", "entry_path"]
+from normlib import serialize
+
+__all__ = ["cache_root", "code_fingerprint", "cache_key", "cached_call", "lookup", "store", "entry_path"]
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"NLCACHE1"
+MAGIC = b"NLCACHE2"  # NLCACHE1 was the pickle format, never read
+SUFFIX = ".entry"
 _DIGEST = 32  # bytes of a sha256
 _HEADER = len(MAGIC) + 64 + _DIGEST
 
@@ -78,7 +93,7 @@ def _canonical(value: Any, where: str) -> Any:
         return float(value)
     if isinstance(value, (list, tuple)):
         return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # a dict, or a read-only mapping such as normlib.params.Config
         for k in value:
             if not isinstance(k, str):
                 raise TypeError(f"config key {where}[{k!r}] is not a string; config keys must be strings")
@@ -87,7 +102,7 @@ def _canonical(value: Any, where: str) -> Any:
                     f"use str, int, float, bool, None, or lists/dicts of them")
 
 
-def cache_key(fn: Callable[..., Any], config: dict[str, Any]) -> str:
+def cache_key(fn: Callable[..., Any], config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``{fn: module.qualname, config, code: code_fingerprint(), torch: version}``.
 
     Canonical: sorted keys, no whitespace, tuples as lists, floats in Python's shortest exact ``repr``. A value
@@ -100,31 +115,58 @@ def cache_key(fn: Callable[..., Any], config: dict[str, Any]) -> str:
 
 
 def entry_path(key: str, root: str | os.PathLike | None = None) -> Path:
-    """The file of entry ``key``: ``<root>/<key[:2]>/<key>.pkl`` (``root`` defaults to :func:`cache_root`)."""
-    return Path(root if root is not None else cache_root()) / key[:2] / f"{key}.pkl"
+    """The file of entry ``key``: ``<root>/<key[:2]>/<key>.entry`` (``root`` defaults to :func:`cache_root`)."""
+    return Path(root if root is not None else cache_root()) / key[:2] / f"{key}{SUFFIX}"
 
 
-def lookup(fn: Callable[..., Any], config: dict[str, Any], *, root: str | os.PathLike | None = None
+def lookup(fn: Callable[..., Any], config: Mapping[str, Any], root: str | os.PathLike | None = None
            ) -> tuple[bool, Any]:
-    """``(True, result)`` if a valid entry for ``fn(**config)`` exists, else ``(False, None)``; computes nothing."""
+    """``(True, result)`` if a valid entry for ``fn(**config)`` exists, else ``(False, None)``; computes nothing.
+
+    An entry that is damaged, truncated, of another key or not in this format is logged and reported as a miss.
+    """
     key = cache_key(fn, config)
     return _read(entry_path(key, root), key)
 
 
-def cached_call(fn: Callable[..., Any], config: dict[str, Any], *, root: str | os.PathLike | None = None,
+def store(fn: Callable[..., Any], config: Mapping[str, Any], result: Any, root: str | os.PathLike | None = None,
+          *, strict: bool = False) -> bool:
+    """Store ``result`` as the entry of ``fn(**config)`` (atomically, replacing any entry); ``True`` if stored.
+
+    For a caller that computed ``result`` itself, e.g. with an executor that is not part of the key: ``lookup``,
+    compute on a miss, ``store``. A result :mod:`normlib.serialize` cannot store is not stored: a warning that
+    names its type and what is allowed is logged and ``False`` returned, or, with ``strict=True``, the
+    :class:`TypeError` is raised. Nothing is written then. Errors of the file system (``OSError``) are raised.
+    """
+    return _store(fn, cache_key(fn, config), result, root, strict)
+
+
+def _store(fn: Callable[..., Any], key: str, result: Any, root: str | os.PathLike | None, strict: bool) -> bool:
+    try:
+        payload = serialize.dumps(result)
+    except TypeError as err:
+        if strict:
+            raise
+        log.warning("result of %s is not cached: %s", _function_name(fn), err)
+        return False
+    _write(entry_path(key, root), key, payload)
+    return True
+
+
+def cached_call(fn: Callable[..., Any], config: Mapping[str, Any], *, root: str | os.PathLike | None = None,
                 refresh: bool = False) -> Any:
     """``fn(**config)``, from the cache when a valid entry exists, else computed and stored.
 
-    ``root`` defaults to :func:`cache_root`; ``refresh=True`` recomputes and overwrites the entry.
+    ``root`` defaults to :func:`cache_root`; ``refresh=True`` recomputes and overwrites the entry. A result that
+    cannot be stored (see :func:`store`) is returned all the same, with a logged warning.
     """
     key = cache_key(fn, config)
-    path = entry_path(key, root)
     if not refresh:
-        hit, result = _read(path, key)
+        hit, result = _read(entry_path(key, root), key)
         if hit:
             return result
     result = fn(**config)
-    _write(path, key, result)
+    _store(fn, key, result, root, strict=False)  # the key of the config as it was before the call
     return result
 
 
@@ -144,15 +186,14 @@ def _read(path: Path, key: str) -> tuple[bool, Any]:
         problem = "checksum mismatch (damaged or truncated)"
     else:
         try:
-            return True, pickle.loads(payload)
-        except Exception as err:  # a payload that passed its checksum but cannot be unpickled (e.g. a class moved)
-            problem = f"cannot unpickle: {err!r}"
+            return True, serialize.loads(payload)  # data only: np.load(allow_pickle=False) and JSON
+        except Exception as err:  # passed its checksum, yet not an archive of this format (planted, or a bug)
+            problem = f"cannot decode: {err}"
     log.warning("cache entry %s is unusable (%s); recomputing it", path, problem)
     return False, None
 
 
-def _write(path: Path, key: str, result: Any) -> None:
-    payload = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+def _write(path: Path, key: str, payload: bytes) -> None:
     blob = MAGIC + key.encode() + hashlib.sha256(payload).digest() + payload
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")

@@ -17,7 +17,9 @@ Where it runs (``executor=``):
 
 With ``cache=True`` (default) every point goes through :func:`normlib.cache.cached_call`: points already in the
 cache are read, not submitted, and the others are computed and written (atomically) by the worker that computes
-them. A sweep that was killed or had failing points, run again, computes only what is missing.
+them. A sweep that was killed or had failing points, run again, computes only what is missing. The cache stores
+data, not pickles (:mod:`normlib.serialize`: numbers, strings, containers, numpy arrays, pandas frames, registered
+dataclasses): a result of another type is returned all the same, with a logged warning, but not stored.
 
 For worker processes ``fn`` must be importable: defined at module level of an importable module (not a lambda,
 not a local function, not a function typed into a notebook or REPL).

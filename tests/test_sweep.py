@@ -74,7 +74,7 @@ def test_serial_and_process_pool_agree(tmp_path):
     pd.testing.assert_frame_equal(serial.drop(columns="result"), pooled.drop(columns="result"))
     assert [r["norm"] for r in pooled["result"]] == [r["norm"] for r in serial["result"]]  # bit for bit
     assert [r["threads"] for r in pooled["result"]] == [1, 1, 1]  # one torch thread per worker
-    assert len(list(tmp_path.rglob("*.pkl"))) == 3  # written by the workers
+    assert len(list(tmp_path.rglob("*.entry"))) == 3  # written by the workers
 
 
 def test_an_interrupted_sweep_resumes(tmp_path):
@@ -143,7 +143,7 @@ def test_default_cache_root_is_resolved_in_the_caller(tmp_path, monkeypatch):
     monkeypatch.delenv("NORMLIB_CACHE", raising=False)
     monkeypatch.chdir(tmp_path)
     sweep(sweep_fns.slow_square, {"x": [4]}, executor="serial", progress=False)
-    assert len(list((tmp_path / "runs" / "cache").rglob("*.pkl"))) == 1
+    assert len(list((tmp_path / "runs" / "cache").rglob("*.entry"))) == 1
 
 
 def test_functions_workers_cannot_import_are_refused():
@@ -180,4 +180,4 @@ def test_dask_local_cluster_agrees_with_the_local_pool(tmp_path):
         frame = sweep(sweep_fns.seeded_norm, grid, executor=client.get_executor(), cache_root=tmp_path,
                       progress=False)
     pd.testing.assert_frame_equal(serial, frame)
-    assert len(list(tmp_path.rglob("*.pkl"))) == 4  # written by the Dask workers
+    assert len(list(tmp_path.rglob("*.entry"))) == 4  # written by the Dask workers
