@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normlib import layers
 from normlib.layers import (
     NORM_NAMES,
     TLU,
@@ -30,6 +29,7 @@ from normlib.layers import (
     make_norm,
     norm_info,
     register_norm,
+    registry,
 )
 
 EPS = 1e-5
@@ -398,11 +398,11 @@ def test_unknown_name_lists_valid_names():
 @pytest.mark.parametrize(
     "name, opts, allowed",
     [
-        ("bn", {"groups": 2}, "eps, momentum"),
+        ("bn", {"groups": 2}, "eps, momentum, track_running_stats"),
         ("ln", {"momentum": 0.1}, "eps"),
         ("gn", {"momentum": 0.1}, "groups, group_size, eps, unbiased"),
         ("frn", {"unbiased": True}, "eps"),
-        ("evo_b0", {"groups": 2}, "eps, momentum, apply_act"),
+        ("evo_b0", {"groups": 2}, "eps, momentum, apply_act, track_running_stats"),
         ("evo_s0", {"unbiased": True}, "groups, group_size, eps, apply_act"),
         ("wn", {"eps": 1e-3}, r"\(none\)"),
     ],
@@ -463,7 +463,7 @@ class RMSNorm2d(nn.Module):
 
 
 def test_register_norm_adds_a_custom_normalizer(monkeypatch):
-    monkeypatch.setattr(layers, "_REGISTRY", dict(layers._REGISTRY))  # restored after the test
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # restored after the test
     register_norm(NormInfo("rms", "RMSNorm", "activation", "after_conv"), RMSNorm2d)
     assert norm_info("rms").title == "RMSNorm"
     assert make_norm("rms", 8, eps=1e-3).eps == 1e-3
@@ -477,9 +477,9 @@ def test_register_norm_adds_a_custom_normalizer(monkeypatch):
 
 
 def test_register_norm_checks_placement_requirements(monkeypatch):
-    monkeypatch.setattr(layers, "_REGISTRY", dict(layers._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     with pytest.raises(ValueError, match="conv_factory is required"):
-        register_norm(NormInfo("c", "C", "parametric", "in_conv"), layers._identity)
+        register_norm(NormInfo("c", "C", "parametric", "in_conv"), registry._identity)
     with pytest.raises(ValueError, match="must accept apply_act"):
         register_norm(NormInfo("e", "E", "activation", "replaces_activation"), RMSNorm2d)
 

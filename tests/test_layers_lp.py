@@ -205,10 +205,10 @@ def test_registry_entries():
 
 
 @pytest.mark.parametrize("name, opts, allowed", [
-    ("l1bn", {"k": 2}, "eps, momentum"),
-    ("linfbn", {"k": 2}, "eps, momentum"),
-    ("topkbn", {"groups": 2}, "k, eps, momentum"),
-    ("bwn", {"eps": 1e-3}, "momentum"),
+    ("l1bn", {"k": 2}, "eps, momentum, track_running_stats"),
+    ("linfbn", {"k": 2}, "eps, momentum, track_running_stats"),
+    ("topkbn", {"groups": 2}, "k, eps, momentum, track_running_stats"),
+    ("bwn", {"eps": 1e-3}, "momentum, track_running_stats"),
 ])
 def test_unknown_options_are_named(name, opts, allowed):
     (option,) = opts
