@@ -10,15 +10,25 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 # One result cache for the book, `normlib claims` and `normlib run`, whatever folder a notebook runs in.
 export NORMLIB_CACHE ?= $(CURDIR)/runs/cache
 
-.PHONY: env data book test bench claims clean constraints help
+# The fast tier: every test but notebook executions, training runs, the built book's checks and other slow ones
+# (markers in pyproject.toml, added by rule in tests/conftest.py), with a tighter per-test timeout than the suite's.
+FAST_TESTS := not notebook and not training and not book and not slow
+FAST_TIMEOUT ?= 30
+LINTED := normlib tests benchmarks
+
+.PHONY: env data book test test-fast lint format bench claims clean constraints help
 
 help:
-	@echo "make book   - create the environment and build the book into _build/html"
-	@echo "make test   - create the environment and run the test suite"
-	@echo "make data   - get Fashion-MNIST (Debian package or checksum-verified download)"
-	@echo "make claims - evaluate every claim at the book's defaults"
-	@echo "make bench  - run the benchmarks in benchmarks/"
-	@echo "make clean  - remove _build, runs/ and the environment"
+	@echo "make book        - create the environment and build the book into _build/html"
+	@echo "make test        - create the environment and run the whole test suite (notebooks and training included)"
+	@echo "make test-fast   - the unit tests only: no notebook runs, no training, no book checks (about a minute)"
+	@echo "make lint        - ruff check and ruff format --check on normlib, tests and benchmarks"
+	@echo "make format      - apply ruff's fixes and formatting to normlib, tests and benchmarks"
+	@echo "make data        - get Fashion-MNIST (Debian package or checksum-verified download)"
+	@echo "make claims      - evaluate every claim at the book's defaults"
+	@echo "make bench       - run the benchmarks in benchmarks/"
+	@echo "make constraints - re-pin constraints.txt after a change to pyproject.toml's dependencies"
+	@echo "make clean       - remove _build, runs/ and the environment"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,19 +59,42 @@ book: env data
 test: env
 	$(BIN)/python -m pytest
 
+test-fast: env
+	$(BIN)/python -m pytest -m "$(FAST_TESTS)" --timeout=$(FAST_TIMEOUT)
+
+# Both checks run and report; the target fails if either finds something.
+lint: env
+	$(BIN)/ruff check $(LINTED); status=$$?; $(BIN)/ruff format --check $(LINTED) && exit $$status
+
+format: env
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
+
 claims: env
 	$(BIN)/python -m normlib claims
 
 bench: env
 	$(BIN)/python benchmarks/run_all.py
 
-# Re-pin after changing pyproject.toml: resolves in a scratch venv and writes constraints.txt.
-constraints:
-	rm -rf /tmp/normlib-pin && $(PYTHON) -m venv /tmp/normlib-pin
-	PIP_CONSTRAINT= /tmp/normlib-pin/bin/python -m pip install --quiet "torch==2.13.0" -e ".[book,test,cluster]"
-	{ echo "# Exact pins for every install (make env, CI, Binder). Regenerate with: make constraints"; \
-	  echo "# torch is the CPU build on PyPI's index name; the local '+cpu' label is matched by '==2.13.0'."; \
-	  /tmp/normlib-pin/bin/python -m pip freeze --exclude-editable | sed -e 's/+cpu$$//'; } > constraints.txt
+# Re-pin after changing pyproject.toml: pip resolves the project with every extra as if nothing were installed,
+# under the current pins (--dry-run installs nothing and reads only the packages' metadata, which PyPI serves apart
+# from the wheels, so no torch wheel is downloaded). Every existing pin stays, a new package is pinned at its newest version, and a package that nothing needs
+# any more is dropped; delete a line first to move that package. The header comment lines are kept.
+define PINS_FROM_REPORT
+import json, sys
+report = json.load(open(sys.argv[1]))
+pins = {(i["metadata"]["name"], i["metadata"]["version"].split("+")[0]) for i in report["install"]}
+for name, version in sorted(pins, key=lambda pin: pin[0].lower()):
+    if name != "normlib":
+        print(f"{name}=={version}")
+endef
+export PINS_FROM_REPORT
+
+constraints: env
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report $(VENV)/pin-report.json ".[book,test,cluster]"
+	{ grep '^#' constraints.txt; $(BIN)/python -c "$$PINS_FROM_REPORT" $(VENV)/pin-report.json; } > $(VENV)/constraints.new
+	if cmp -s $(VENV)/constraints.new constraints.txt; then rm $(VENV)/constraints.new; \
+	else mv $(VENV)/constraints.new constraints.txt; fi
 
 clean:
 	rm -rf _build runs $(VENV)

@@ -1,7 +1,16 @@
-"""Shared test set-up."""
+"""Shared test set-up, and the test tiers.
+
+Four markers (declared in pyproject.toml) split the suite: ``notebook`` (executes a notebook through papermill),
+``training`` (trains a network), ``book`` (checks the built book) and ``slow`` (anything else that takes seconds:
+a fresh virtualenv, a Dask cluster, a process pool, a ``python -m normlib`` subprocess, the longer Monte-Carlo
+checks). ``make test-fast`` deselects all four; ``make test`` runs everything. The rules below add the markers by
+fixture, test name or module, so the tiers hold while the chapter tests are rewritten; a test file may also use the
+markers directly.
+"""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +18,42 @@ from pathlib import Path
 import pytest
 
 from normlib.runtime import torch_threads
+
+#: Tests that execute a notebook without the ``run_notebook`` fixture (which marks its users itself).
+NOTEBOOK_TESTS = {"test_run_executes_the_notebook_with_papermill", "test_notebook_runs_with_tiny_parameters"}
+#: The paper presets' few training steps on CIFAR-shaped data (up to ~40 s each on two busy cores).
+TRAINING_TESTS = re.compile(r"_(trains|training_runs|runs)_a_few_steps_")
+#: Other slow tests, by file and name, with the reason (durations from ``pytest --durations`` on two busy cores).
+SLOW_TESTS = {
+    # each starts `python -m normlib`, which imports every experiment: 5-10 s per test
+    ("test_cli.py", "test_list_shows_notebooks_and_parameters"): "subprocess",
+    ("test_cli.py", "test_run_rejects_bad_parameters_quickly"): "subprocess",
+    ("test_cli.py", "test_run_unknown_notebook"): "subprocess",
+    # a process pool whose workers each import torch: ~10 s
+    ("test_sweep.py", "test_serial_and_process_pool_agree"): "process pool",
+    # Monte-Carlo and quadrature checks of the theory, 2-6 s each
+    ("test_large_learning_rates.py", "test_per_example_gradients_average_to_the_batch_gradient"): "vmap over a pool",
+    ("test_theory_sgd_noise.py", "test_without_replacement_matches_the_finite_pool_law"): "Monte Carlo",
+    ("test_theory.py", "test_lindley_asymptotics"): "Monte Carlo",
+    ("test_theory.py", "test_lindley_grid_matches_monte_carlo"): "Monte Carlo",
+    ("test_theory.py", "test_mean_field_reduces_to_closed_forms"): "quadrature",
+    ("test_theory_lp.py", "test_order_statistics_of_abs_gaussian"): "Monte Carlo",
+    ("test_theory_random_matrix.py", "test_density_integrates_to_the_fuss_catalan_moments"): "quadrature",
+}
+BOOK_MODULES = {"test_book.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name, module = getattr(item, "originalname", item.name), item.path.name
+        if "run_notebook" in getattr(item, "fixturenames", ()) or name in NOTEBOOK_TESTS:
+            item.add_marker(pytest.mark.notebook)
+        if TRAINING_TESTS.search(name):
+            item.add_marker(pytest.mark.training)
+        if (module, name) in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+        if module in BOOK_MODULES:
+            item.add_marker(pytest.mark.book)
 
 
 @pytest.fixture(autouse=True, scope="module")
