@@ -94,7 +94,12 @@ def _save_figures(executed, folder: Path) -> list[Path]:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    import papermill
+    try:  # the notebook extra; `import normlib` and the other commands work without it
+        import jupytext  # noqa: F401  (read_notebook)
+        import papermill
+    except ImportError as error:
+        raise UsageError(f"`run` executes notebooks, which needs the notebook extra ({error.name} is not installed): "
+                         'pip install "normlib[notebook]"') from error
 
     from normlib.claims import RUN_DIR_ENV
     from normlib.experiments import get_experiment, notebook_stem
@@ -109,7 +114,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     run_dir = _run_dir(Path(args.out), stem, args.preset, params)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "parameters.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    (run_dir / "parameters.json").write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
     print(f"running {path} with preset={args.preset} {params or ''} -> {run_dir}", flush=True)
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
@@ -139,9 +144,9 @@ def command_list(args: argparse.Namespace) -> int:
 
     for stem in EXPERIMENTS:
         experiment = get_experiment(stem)
-        print(f"{stem}: {experiment.TITLE} ({experiment.PAPER})")
+        print(f"{stem}: {experiment.title} ({experiment.paper})")
         print(f"  {'preset':<12} one of: book, paper (default book)")
-        for row in experiment.SPEC.describe():
+        for row in experiment.spec.describe():
             print(f"  {row['name']:<12} {row['doc']}; {row['allowed']}; book={row['book']!r} paper={row['paper']!r}")
     return 0
 
@@ -203,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = commands.add_parser("fetch", help="download a dataset (checksum-verified) into the data folder")
     fetch.add_argument("dataset", help="fashion-mnist, cifar10 or cifar100")
-    fetch.add_argument("--root", default=None, help="folder to download into (default: $NORMLIB_DATA or the user cache)")
+    fetch.add_argument("--root", default=None,
+                       help="folder to download into (default: $NORMLIB_DATA or the user cache)")
     fetch.set_defaults(handler=command_fetch)
     return parser
 

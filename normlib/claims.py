@@ -27,6 +27,7 @@ __all__ = [
     "check_at_least",
     "check_true",
     "to_frame",
+    "verdict_sentence",
     "write_json",
     "report",
     "RUN_DIR_ENV",
@@ -89,6 +90,15 @@ def check_true(id: str, paper: str, statement: str, predicted: float, measured: 
                *, source: str = "derived") -> ClaimCheck:
     """A check whose verdict was computed by the caller (e.g. an ordering); both sides are still recorded."""
     return ClaimCheck(id, paper, statement, float(predicted), float(measured), tolerance, bool(passed), source)
+
+
+def verdict_sentence(checks: list[ClaimCheck]) -> str:
+    """One sentence (Markdown) for a page: how many checks reproduce their prediction, and which do not."""
+    failed = [c.id for c in checks if not c.passed]
+    if not failed:
+        return f"All {len(checks)} checks reproduce the prediction."
+    return (f"{len(checks) - len(failed)} of {len(checks)} checks reproduce the prediction; the others are "
+            f"**not reproduced**: {', '.join(failed)}.")
 
 
 def to_frame(checks: list[ClaimCheck]) -> pd.DataFrame:

@@ -33,6 +33,7 @@ __all__ = [
     "PostActBlock",
     "PreActBlock",
     "uniform_cfg",
+    "cnn_entry",
     "make_cnn",
     "make_resnet",
     "VGG_CONFIGS",
@@ -90,7 +91,7 @@ def _bare_norm(norm: str, channels: int, **norm_opts) -> nn.Module:
     return _norm_and_act(norm, channels, **norm_opts)[0]
 
 
-def _entry(entry) -> tuple[int, int]:
+def cnn_entry(entry) -> tuple[int, int]:
     """A config entry as (width, stride); ``[w, s]`` (as read from JSON) works like ``(w, s)``."""
     if isinstance(entry, int):
         return entry, 1
@@ -113,7 +114,7 @@ class NonResidualCNN(nn.Module):
             raise ValueError("cfg must have at least one entry")
         self.norm = norm
         units, ch = [], in_channels
-        for width, stride in map(_entry, cfg):
+        for width, stride in map(cnn_entry, cfg):
             units.append(layers.conv_norm_act(norm, ch, width, 3, stride, **norm_opts))
             ch = width
         self.units = nn.ModuleList(units)
@@ -157,7 +158,7 @@ def make_cnn(cfg: str | Sequence = "cfg_10", norm: str = "bn", in_channels: int 
         cfg = CNN_CONFIGS[cfg]
     if depth is not None:
         raise ValueError('depth= only applies to cfg="uniform"')
-    entries = [_entry(e) for e in cfg]
+    entries = [cnn_entry(e) for e in cfg]
     if width is not None:
         scale = width / entries[0][0]
         entries = [(max(1, round(w * scale)), s) for w, s in entries]

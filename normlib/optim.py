@@ -41,7 +41,8 @@ class SGDWDMimic(Optimizer):
     """SGD with momentum and a per-channel step scaled by ``||w_c||^2 / r_c^2`` on corrected parameters.
 
     A param group with ``"correct": True`` is corrected; every parameter in it needs reference norms (one per
-    output channel) set with :meth:`set_reference_norms` before a step. Other groups are plain SGD. ``lr``,
+    output channel) set with :meth:`set_reference_norms` before a step, and :meth:`reference_norms` reads them back
+    (e.g. for a recorder that computes the step scale of the step just taken). Other groups are plain SGD. ``lr``,
     ``momentum`` and ``weight_decay`` can be set per group, as with ``torch.optim.SGD``.
 
     Args:
@@ -74,12 +75,17 @@ class SGDWDMimic(Optimizer):
                                  f"output channels")
             self._reference[p] = r.to(device=p.device, dtype=p.dtype)
 
-    def step_scales(self, p: torch.Tensor) -> torch.Tensor:
-        """:math:`s_c=\\lVert p_c\\rVert^2/r_c^2` for a corrected parameter, at its current value."""
+    def reference_norms(self, p: torch.Tensor) -> torch.Tensor:
+        """The reference norms :math:`r_c` of the corrected parameter ``p``, shape ``(C,)``, in ``p``'s dtype and
+        on its device: those of the latest :meth:`set_reference_norms`, which the next step uses."""
         if p not in self._reference:
-            raise RuntimeError("SGDWDMimic: no reference norms set for a corrected parameter; call "
-                               "set_reference_norms first")
-        return (channel_norms(p) / self._reference[p]) ** 2
+            raise RuntimeError("SGDWDMimic: no reference norms set for this parameter (is it in a corrected group? "
+                               "call set_reference_norms first)")
+        return self._reference[p]
+
+    def step_scales(self, p: torch.Tensor) -> torch.Tensor:
+        """:math:`s_c=\\lVert p_c\\rVert^2/r_c^2` for a corrected parameter, at its current value (in its dtype)."""
+        return (channel_norms(p) / self.reference_norms(p)) ** 2
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -9,11 +9,11 @@ parameter and lists what is allowed.
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ParameterError", "Param", "ParamSpec", "PRESETS", "parse_cli_value"]
+__all__ = ["ParameterError", "Param", "ParamSpec", "Config", "PRESETS", "parse_cli_value"]
 
 #: The two scales every notebook offers: ``book`` runs on 2 CPU cores in seconds to minutes, ``paper`` is the
 #: paper's own scale, meant for a GPU or a cluster.
@@ -155,8 +155,9 @@ class ParamSpec:
                 return p
         raise ParameterError(f"unknown parameter {name!r}; allowed: {', '.join(['preset', *self.names])}")
 
-    def resolve(self, preset: str = "book", **overrides: Any) -> dict[str, Any]:
-        """The preset's values with every non-``None`` override applied, coerced and validated.
+    def resolve(self, preset: str = "book", **overrides: Any) -> Config:
+        """The preset's values with every non-``None`` override applied, coerced and validated, as a read-only
+        :class:`Config` that keeps this schema.
 
         Raises :class:`ParameterError` for an unknown preset, an unknown parameter name, or a value that is not
         allowed, before anything is computed.
@@ -171,7 +172,7 @@ class ParamSpec:
             config[p.name] = p.coerce(self.presets[preset][p.name] if value is None else value)
         for check in self.checks:
             check(config)
-        return config
+        return Config(config, self)
 
     def describe(self) -> list[dict[str, Any]]:
         """One row per parameter (name, allowed values, book and paper defaults, meaning), for ``normlib list``."""
@@ -180,3 +181,66 @@ class ParamSpec:
              "paper": self.presets["paper"][p.name], "doc": p.doc}
             for p in self.params
         ]
+
+
+class Config(Mapping[str, Any]):
+    """A resolved configuration: read-only, validated, and tied to the :class:`ParamSpec` that declared it.
+
+    It is a mapping (``config["depth"]``, ``dict(config)``, ``{**config}``) with attribute access as well
+    (``config.depth``); ``"preset"`` is always a key. Nothing can be assigned: :meth:`replace` returns a new
+    configuration, resolved and validated again from the same preset with the given values changed, so a derived
+    configuration passes the same checks as one typed by a user. A ``Config`` pickles (to sweep workers) as its
+    values; the unpickled copy has no schema and :meth:`replace` then refuses.
+    """
+
+    __slots__ = ("_values", "_spec")
+
+    def __init__(self, values: Mapping[str, Any], spec: ParamSpec | None = None) -> None:
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "_spec", spec)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(f"configuration has no parameter {name!r}; it has: {', '.join(self._values)}") \
+                from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Config is read-only; use config.replace(name=value)")
+
+    def __repr__(self) -> str:
+        return f"Config({self._values!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._values) == dict(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Config, (self._values,))
+
+    @property
+    def spec(self) -> ParamSpec | None:
+        """The schema this configuration was resolved against (``None`` after a round trip through pickle)."""
+        return self._spec
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain ``dict`` copy (lists copied too), e.g. for JSON."""
+        return {k: list(v) if isinstance(v, list) else v for k, v in self._values.items()}
+
+    def replace(self, **changes: Any) -> Config:
+        """This configuration with ``changes`` applied, validated again through its :class:`ParamSpec`."""
+        if self._spec is None:
+            raise TypeError("this Config has no schema (it was unpickled or built by hand); resolve it again")
+        values = {k: v for k, v in self._values.items() if k != "preset"}
+        return self._spec.resolve(self._values["preset"], **{**values, **changes})

@@ -24,7 +24,8 @@ drop after 45 of 60 epochs, so in the 10 epochs trained it **never decays**: at 
 batch 128, :data:`BOOK_EPOCHS` epochs, the paper's optimizer and schedule (peak LR ``0.1 * 256 / 128 = 0.2``),
 flips, on the CPU. :data:`BOOK_CNN` is the small CNN sized for it, four 3x3 conv-norm-ReLU units whose first
 layer already downsamples (28x28 maps are where a CPU spends its time): ``benchmarks/bench_train.py`` measures
-test accuracy and wall time against the target, >= 85 % in <= 60 s on 2 CPU cores. With 10 000 images no CNN tried that was as fast reached 85 % in 3 epochs, hence 20 000.
+test accuracy and wall time against the target, >= 85 % in <= 60 s on 2 CPU cores. With 10 000 images no CNN
+tried that was as fast reached 85 % in 3 epochs, hence 20 000.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Probes: hooks that record the paper's per-layer statistics during forward and backward.
+"""Probes: hooks that record the paper's per-layer statistics during forward and backward, and the per-channel
+state of scale-invariant weights during training (:class:`ChannelRecorder`).
 
 For an observed activation ``X`` of shape ``(N, C, *spatial)`` (N samples, C channels)::
 
@@ -24,17 +25,24 @@ Usage::
             loss.backward()                # grad_norm rows are recorded here
             ...
     df = probe.frame()                     # columns point, index, metric, value[, step]
+
+:class:`ChannelRecorder` is an ``on_step`` hook of :func:`normlib.train.train` instead: it reads each output channel's
+weights, gradient and optimizer state after every k-th step (norms, angular step, step scale; see its doc).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property, partial
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from normlib.optim import SGDWDMimic, channel_norms
 
 __all__ = [
     "METRICS",
@@ -45,6 +53,7 @@ __all__ = [
     "second_moment",
     "mean_cosine_similarity",
     "stable_rank",
+    "ChannelRecorder",
 ]
 
 METRICS = ("variance", "std", "second_moment", "cosine", "stable_rank", "grad_norm")
@@ -287,3 +296,139 @@ def probe_model(model: nn.Module, x: torch.Tensor, metrics: str | Iterable[str] 
             raise ValueError("grad_norm needs parameters (or an input) that require grad")
         torch.autograd.grad(loss, inputs, allow_unused=True)
     return probe.frame()
+
+
+class ChannelRecorder:
+    r"""Per-output-channel state of scale-invariant weights during training: an ``on_step`` hook of
+    :func:`normlib.train.train`, called as ``recorder(step, model, optimizer)`` after each optimizer step.
+
+    ``units`` are ``(name, conv, norm)`` triples: a conv whose output the BatchNorm ``norm`` normalizes, so that each
+    output channel :math:`c` of its weight (row :math:`c` of ``conv.weight.view(C, -1)``) is scale-invariant. With
+    :math:`w_t` a channel's weights before step :math:`t`, :math:`w_{t+1}` after it, :math:`g_t=\partial L/\partial w`
+    the step's gradient and :math:`\hat w=w/\lVert w\rVert`, every ``record_every``-th step (``t = 0, k, 2k, ...``)
+    records, per channel and in float64 from the float32 tensors:
+
+    * ``norm_sq_before`` :math:`\lVert w_t\rVert^2`, ``norm_sq_after`` :math:`\lVert w_{t+1}\rVert^2`,
+      ``grad_sq`` :math:`\lVert g_t\rVert^2` and ``w_dot_g`` :math:`\langle w_t,g_t\rangle`;
+    * ``chord`` :math:`\lVert\hat w_{t+1}-\hat w_t\rVert=2\sin(\Delta\theta_t/2)`, with :math:`\Delta\theta_t`
+      the angle by which the step turns the channel;
+    * ``lr`` :math:`\eta_t`, the rate of the weight's param group in this step;
+    * ``step_scale`` :math:`s_c=\lVert w_t\rVert^2/r_c^2`, the per-channel factor of the step of a corrected weight
+      of :class:`normlib.optim.SGDWDMimic` (:math:`r_c` its :meth:`~normlib.optim.SGDWDMimic.reference_norms` of
+      this step), and 1 for any other weight or optimizer;
+    * ``buffer_sq`` :math:`\lVert b_t\rVert^2`, the momentum buffer after the step (the one the step used; NaN
+      without momentum);
+    * with ``bn_terms``, the two ingredients of BatchNorm's :math:`\epsilon` term: ``bn_variance``
+      :math:`\sigma_c^2`, the biased batch variance of the conv output's channel in the step's forward, and
+      ``gain_grad`` :math:`\gamma_c\,\partial L/\partial\gamma_c` (:math:`\gamma_c` the gain before the step;
+      the gains and weights are then copied after every step, not only before the recorded ones).
+
+    ``reference`` also keeps the channel norms :math:`\lVert w\rVert` that a correction run needs, one list of
+    ``(C,)`` tensors (one per unit) in :attr:`reference_norms`: with ``"step"`` before every step
+    (``reference_norms[t]`` before step :math:`t`, and one more after the last step), with ``"epoch"`` at the end of
+    every epoch of ``steps_per_epoch`` steps (``reference_norms[e]`` after epoch :math:`e`, from 0).
+
+    Call :meth:`start` once the model is on its device and before the first step (e.g. from the optimizer factory),
+    :meth:`close` after training (it removes the forward hooks of ``bn_terms``), and :meth:`frame` for the records.
+    """
+
+    def __init__(self, units: Sequence[tuple[str, nn.Module, nn.Module]], record_every: int = 1,
+                 reference: str | None = None, steps_per_epoch: int = 1, bn_terms: bool = False):
+        if reference not in (None, "step", "epoch"):
+            raise ValueError(f"reference must be None, 'step' or 'epoch', got {reference!r}")
+        self.units = list(units)
+        self.names = [name for name, _, _ in self.units]
+        self.weights = [conv.weight for _, conv, _ in self.units]
+        self.record_every, self.reference, self.steps_per_epoch = record_every, reference, steps_per_epoch
+        self.bn_terms = bn_terms
+        self.rows: dict[str, list[np.ndarray]] = {}
+        self.steps: list[int] = []
+        self.reference_norms: list[list[torch.Tensor]] = []
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._variance: dict[int, torch.Tensor] = {}
+
+    def start(self) -> None:
+        """Keep the weights before the first step (and their norms with ``reference="step"``); with ``bn_terms``,
+        hook every conv to keep its output's batch variance."""
+        self.prev = [w.detach().clone() for w in self.weights]
+        self.prev_gain = [norm.weight.detach().clone() for _, _, norm in self.units]
+        if self.reference == "step":
+            self.reference_norms.append([channel_norms(w) for w in self.weights])
+        if self.bn_terms:
+            for i, (_, conv, _) in enumerate(self.units):
+                self._hooks.append(conv.register_forward_hook(self._variance_hook(i)))
+
+    def _variance_hook(self, index: int) -> Callable:
+        def hook(module, inputs, output):
+            if module.training:
+                self._variance[index] = output.detach().double().var(dim=(0, 2, 3), unbiased=False)
+        return hook
+
+    def close(self) -> None:
+        """Remove the forward hooks."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    @staticmethod
+    def _lr_of(optimizer: torch.optim.Optimizer, weight: torch.Tensor) -> float:
+        for group in optimizer.param_groups:
+            if any(p is weight for p in group["params"]):
+                return float(group["lr"])
+        raise KeyError("weight not in the optimizer")
+
+    def __call__(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if step % self.record_every == 0:
+            self.steps.append(step)
+            for i, (w, (_, _, norm)) in enumerate(zip(self.weights, self.units)):
+                self._record(i, w, norm, optimizer)
+        if self.reference == "step":
+            self.reference_norms.append([channel_norms(w) for w in self.weights])
+        if self.reference == "epoch" and (step + 1) % self.steps_per_epoch == 0:
+            self.reference_norms.append([channel_norms(w) for w in self.weights])
+        if (step + 1) % self.record_every == 0 or self.bn_terms:
+            self.prev = [w.detach().clone() for w in self.weights]
+            self.prev_gain = [norm.weight.detach().clone() for _, _, norm in self.units]
+
+    def _record(self, i: int, w: torch.Tensor, norm: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        channels = w.shape[0]
+        before = self.prev[i].reshape(channels, -1).double()
+        after = w.detach().reshape(channels, -1).double()
+        grad = w.grad.detach().reshape(channels, -1).double()
+        n_before, n_after = before.pow(2).sum(1), after.pow(2).sum(1)
+        chord = (after / n_after.sqrt()[:, None] - before / n_before.sqrt()[:, None]).norm(dim=1)
+        values = {"norm_sq_before": n_before, "norm_sq_after": n_after, "grad_sq": grad.pow(2).sum(1),
+                  "w_dot_g": (before * grad).sum(1), "chord": chord}
+        lr = self._lr_of(optimizer, w)
+        scale = torch.ones(channels, dtype=torch.float64, device=w.device)
+        if isinstance(optimizer, SGDWDMimic) and any(p is w for p in optimizer.corrected_params()):
+            scale = n_before / optimizer.reference_norms(w).double() ** 2
+        values["lr"] = torch.full((channels,), lr, dtype=torch.float64, device=w.device)
+        values["step_scale"] = scale
+        buffer = optimizer.state.get(w, {}).get("momentum_buffer") if hasattr(optimizer, "state") else None
+        values["buffer_sq"] = (buffer.detach().reshape(channels, -1).double().pow(2).sum(1) if buffer is not None
+                               else torch.full((channels,), math.nan, dtype=torch.float64, device=w.device))
+        if self.bn_terms:
+            gain = self.prev_gain[i].double()
+            values["bn_variance"] = self._variance[i]
+            values["gain_grad"] = gain * norm.weight.grad.detach().double()
+        stacked = torch.stack(list(values.values())).cpu().numpy()
+        self.rows.setdefault(self.names[i], []).append(stacked)
+        self._columns = list(values)
+
+    def frame(self) -> pd.DataFrame:
+        """The records, one row per (step, layer, channel): columns ``step, layer, channel`` and the quantities
+        above (empty without records)."""
+        frames = []
+        for name in self.names:
+            blocks = self.rows.get(name, [])
+            if not blocks:
+                continue
+            stacked = np.stack(blocks)  # (records, quantities, channels)
+            records, _, channels = stacked.shape
+            frame = pd.DataFrame({col: stacked[:, j, :].ravel() for j, col in enumerate(self._columns)})
+            frame.insert(0, "channel", np.tile(np.arange(channels), records))
+            frame.insert(0, "layer", name)
+            frame.insert(0, "step", np.repeat(np.asarray(self.steps[:records]), channels))
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -90,6 +90,8 @@ __all__ = [
     "sgd",
     "train",
     "train_model",
+    "load_splits",
+    "model_kwargs_for",
     "evaluate",
 ]
 
@@ -236,7 +238,9 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What one training run produced; picklable (for the cache and for sweeps in worker processes).
+    """What one training run produced. The result cache stores it as data through :mod:`normlib.serialize`
+    (registered there), and sweeps send it back from worker processes, so every field must stay a storable type
+    (frames, numbers, ``None``, a :class:`TrainConfig`) and an ``__init__`` field.
 
     Attributes:
         history: one row per step: ``step``, ``epoch``, ``loss``, ``accuracy`` (of the batch), ``lr`` (used by
@@ -460,8 +464,21 @@ def evaluate(model: nn.Module, dataset: data.Dataset, batch_size: int = _EVAL_BA
     return hits.item() / len(dataset)
 
 
-def _load_splits(dataset: str | Mapping[str, Any], seed: int) -> tuple[data.Dataset, data.Dataset]:
-    """The train and test splits described by :func:`train_model`'s ``dataset`` argument."""
+def load_splits(dataset: str | Mapping[str, Any], seed: int) -> tuple[data.Dataset, data.Dataset]:
+    """The ``(train, test)`` splits described by :func:`train_model`'s ``dataset`` argument.
+
+    Args:
+        dataset: a name of :data:`normlib.data.DATASETS`, or a dict ``{"name": ..., **options}`` of
+            :func:`normlib.data.load_dataset` options (JSON: a ``shape`` list is read as a tuple). Every option applies
+            to both splits, except ``subset`` (the training split only; the test split is whole unless
+            ``test_subset`` is given) and a ``test_``-prefixed option (``test_subset``, ``test_size``), which applies
+            to the test split only, without its prefix. :func:`normlib.presets.dataset_options` gives this form for
+            a resolved configuration.
+        seed: the ``seed`` option (which draws the subsets, and synthetic data) when ``dataset`` has none.
+
+    Raises:
+        ParameterError: when ``dataset`` names no dataset.
+    """
     spec = {"name": dataset} if isinstance(dataset, str) else dict(dataset)
     if "name" not in spec:
         raise ParameterError(f"parameter 'dataset': invalid value {dataset!r}; allowed: a dataset name "
@@ -479,18 +496,26 @@ def _tuple_shape(options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "shape": tuple(shape)} if isinstance(shape, list) else options
 
 
-def _model_kwargs(model_kwargs: Mapping[str, Any], dataset: data.Dataset) -> dict[str, Any]:
-    """``model_kwargs`` with the dataset's channels and classes filled in, and JSON lists made tuples where
-    :func:`normlib.models.make_cnn` needs them (``cfg`` entries ``[w, 2]`` are ``(w, 2)``)."""
+def model_kwargs_for(model_kwargs: Mapping[str, Any], dataset: data.Dataset) -> dict[str, Any]:
+    """The keyword arguments of :func:`normlib.models.build_model` for a model of ``dataset``'s images.
+
+    ``model_kwargs`` (plain JSON, as a sweep or the cache holds them) with ``in_channels`` and ``num_classes``
+    defaulting to the dataset's, and JSON lists made the tuples that the model builders read: ``cfg`` entries
+    ``[w, 2]`` (width, stride) become ``(w, 2)`` (:func:`normlib.models.make_cnn`), and ``widths`` a tuple
+    (:func:`normlib.models.make_resnet`). ``model_kwargs`` itself is not changed.
+    """
     kwargs = {"in_channels": dataset.channels, "num_classes": dataset.num_classes, **model_kwargs}
     if isinstance(kwargs.get("cfg"), (list, tuple)):
         kwargs["cfg"] = [tuple(e) if isinstance(e, list) else e for e in kwargs["cfg"]]
+    if isinstance(kwargs.get("widths"), list):
+        kwargs["widths"] = tuple(kwargs["widths"])
     return kwargs
 
 
 def train_model(arch: str, model_kwargs: Mapping[str, Any], dataset: str | Mapping[str, Any],
                 config: TrainConfig | Mapping[str, Any]) -> TrainResult:
-    """Seed, build ``models.build_model(arch, **model_kwargs)``, load the data and :func:`train`.
+    """Load the data (:func:`load_splits`), seed, build ``models.build_model(arch, **model_kwargs)`` (with
+    :func:`model_kwargs_for`) and :func:`train`.
 
     Every argument can be plain JSON, so this is the function sweeps and the cache call.
 
@@ -498,14 +523,13 @@ def train_model(arch: str, model_kwargs: Mapping[str, Any], dataset: str | Mappi
         arch: ``"cnn"`` or ``"resnet"``.
         model_kwargs: options of :func:`normlib.models.make_cnn` / ``make_resnet``; ``in_channels`` and
             ``num_classes`` default to the dataset's.
-        dataset: a name of :data:`normlib.data.DATASETS`, or a dict ``{"name": ..., **options}`` of
-            :func:`normlib.data.load_dataset` options applied to both splits, except that ``subset`` applies to
-            the training split only and a ``test_``-prefixed option (``test_subset``, ``test_size``) to the test
-            split only. ``seed`` (which draws the subsets, and synthetic data) defaults to ``config``'s.
+        dataset: a name of :data:`normlib.data.DATASETS`, or a dict ``{"name": ..., **options}`` (see
+            :func:`load_splits`); its ``seed`` (which draws the subsets, and synthetic data) defaults to
+            ``config``'s.
         config: a :class:`TrainConfig` or its :meth:`~TrainConfig.to_dict` form.
     """
     config = config if isinstance(config, TrainConfig) else TrainConfig(**config)
-    train_set, test_set = _load_splits(dataset, config.seed)
+    train_set, test_set = load_splits(dataset, config.seed)
     torch.manual_seed(config.seed)
-    model = models.build_model(arch, **_model_kwargs(model_kwargs, train_set))
+    model = models.build_model(arch, **model_kwargs_for(model_kwargs, train_set))
     return train(model, train_set, test_set, config)

@@ -25,7 +25,7 @@ def test_list_shows_notebooks_and_parameters():
     result = run_cli("list")
     assert result.returncode == 0, result.stderr
     assert "01_stable_forward" in result.stdout
-    for name in sf.SPEC.names:
+    for name in sf.EXPERIMENT.spec.names:
         assert name in result.stdout
 
 
@@ -71,15 +71,29 @@ def test_run_executes_the_notebook_with_papermill(tmp_path):
     assert "claims:" in result.stdout
 
 
-def test_claims_exits_nonzero_when_a_claim_fails(monkeypatch, capsys):
-    tiny = sf.resolve("book", norms=["bn"], depth=8, widths=[8, 8, 8], batch_size=4, image_size=8, repeats=1,
-                      variants=["plain"])
-    monkeypatch.setattr(sf, "resolve", lambda preset="book", **kw: tiny)
-    monkeypatch.setattr(sf, "measure", lambda config, cache=True: sf.measure_uncached(config))
+class TinyStableForward(sf.StableForward):
+    """Chapter A at a size that runs in a second; ``doubling`` swaps in a theory where every stream doubles."""
+
+    def __init__(self, doubling=False):
+        self.doubling = doubling
+
+    def resolve(self, preset="book", **overrides):
+        return super().resolve(preset, norms=["bn"], depth=8, widths=[8, 8, 8], batch_size=4, image_size=8,
+                               repeats=1, variants=["plain"])
+
+    def predict(self, config, measured=None, *, theory=sf.default_theory):
+        if self.doubling:
+            predicted = super().predict(config, measured, theory=theory)
+            return {**predicted, "A.linear.bn": 2.0}
+        return super().predict(config, measured, theory=theory)
+
+
+def test_claims_exits_nonzero_when_a_claim_fails(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path))
+    monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward())
     assert cli.main(["claims", "--only", "01_stable_forward"]) == 0
     assert "1 of 1 claims reproduced" in capsys.readouterr().out
-    blocks = 3
-    monkeypatch.setattr(sf, "predict", lambda config, norm, variant: sf.theory.geometric_growth(blocks, 2.0, 1.0))
+    monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward(doubling=True))
     assert cli.main(["claims", "--only", "01_stable_forward"]) == 1
     out = capsys.readouterr().out
     assert "not reproduced" in out and "0 of 1 claims reproduced" in out

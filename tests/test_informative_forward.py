@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlib import presets, train
+from normlib import presets, theory, train
 from normlib.experiments import informative_forward as inf
 from normlib.params import ParameterError
+
+chapter = inf.EXPERIMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +25,7 @@ SMALL = dict(dataset="synthetic", subset=64, test_subset=32, batch_size=16, widt
 
 
 def test_paper_preset_is_the_papers_setup():
-    config = inf.resolve("paper")
+    config = chapter.resolve("paper")
     assert config["dataset"] == "cifar100" and config["batch_size"] == 256 and config["epochs"] == 60
     assert config["lr"] == 0.1 and config["train_cnn"] == "uniform" and config["width"] == 64
     assert config["pool"] == 1 and config["device"] == "auto"
@@ -34,7 +36,7 @@ def test_paper_preset_is_the_papers_setup():
 
 
 def test_paper_preset_trains_a_few_steps_on_cifar_shaped_data():
-    config = inf.resolve("paper", dataset="synthetic", subset=512, test_subset=64, max_steps=2, device="cpu",
+    config = chapter.resolve("paper", dataset="synthetic", subset=512, test_subset=64, max_steps=2, device="cpu",
                          train_group_sizes=[8], train_norms=["bn"])
     point = inf.train_grid(config)[0]
     result = train.train_model(**point)
@@ -42,7 +44,7 @@ def test_paper_preset_trains_a_few_steps_on_cifar_shaped_data():
 
 
 def test_book_preset():
-    config = inf.resolve("book")
+    config = chapter.resolve("book")
     assert config["dataset"] == "fashion-mnist" and config["pool"] == 2 and config["train_cnn"] == "book"
     assert inf.train_grid(config)[0]["model_kwargs"]["cfg"] == [list(e) if isinstance(e, tuple) else e
                                                                 for e in presets.BOOK_CNN["cfg"]]
@@ -67,7 +69,7 @@ def test_book_preset():
 )
 def test_invalid_parameters(overrides, match):
     with pytest.raises(ParameterError, match=match):
-        inf.resolve("book", **overrides)
+        chapter.resolve("book", **overrides)
 
 
 #: The mean-field model is an infinite-width model: its checks are meant to hold at the book's width, 64.
@@ -76,8 +78,8 @@ AT_WIDTH_64 = {**SMALL, "width": 64, "group_sizes": [1, 8, 64], "batch_size": 32
 
 @pytest.fixture(scope="module")
 def small_measurement():
-    config = inf.resolve("book", **AT_WIDTH_64)
-    return config, inf.measure(config, cache=False)
+    config = chapter.resolve("book", **AT_WIDTH_64)
+    return config, inf.measure_init(config)
 
 
 def test_measurement_is_tidy_and_deterministic(small_measurement):
@@ -85,38 +87,46 @@ def test_measurement_is_tidy_and_deterministic(small_measurement):
     assert list(measured.columns) == ["setting", "norm", "group_size", "repeat", "layer", "metric", "value"]
     assert set(measured.layer) == set(range(1, config["depth"] + 1))
     assert len(measured) == len(inf.settings(config)) * config["depth"] * 2
-    pd.testing.assert_frame_equal(measured, inf.measure(config, cache=False))
+    pd.testing.assert_frame_equal(measured, inf.measure_init(config))
 
 
 def test_stable_rank_respects_the_exact_bound(small_measurement):
     config, measured = small_measurement
     for key, _, _ in inf.settings(config):
         rank = inf.mean_curve(measured, key, "stable_rank")
-        bound = inf.theory.stable_rank_bound(inf.mean_curve(measured, key), config["batch_size"])
+        bound = theory.stable_rank_bound(inf.mean_curve(measured, key), config["batch_size"])
         assert np.all(rank <= bound + 1e-6)
 
 
 def test_claims_hold_with_the_right_theory(small_measurement):
     config, measured = small_measurement
-    checks = inf.check_claims(config, measured)
+    checks = chapter.check(config, {"init": measured}, chapter.predict(config))
     ids = {c.id for c in checks}
     assert {"B.similarity_rises_with_group_size", "B.rank_falls_with_group_size", "B.ln_above_in_bn",
             "B.mean_field.gn1", "B.mean_field.bn", "B.mean_field.none"} <= ids
     assert all(c.passed for c in checks), [(c.id, c.predicted, c.measured) for c in checks if not c.passed]
 
 
-def test_a_wrong_prediction_fails_the_check(small_measurement, monkeypatch):
+class SaturatedTheory:
+    """normlib.theory, except that the cosine stays at 0.99 whatever the normalizer."""
+
+    def __getattr__(self, name):
+        return getattr(inf.default_theory, name)
+
+    def cosine_mean_field(self, depth, start, kind, **options):
+        return np.full(depth, 0.99)
+
+
+def test_a_wrong_theory_fails_the_check(small_measurement):
     config, measured = small_measurement
-    # Claim that the cosine stays at 0.99 whatever the normalizer: the mean-field checks must say "not reproduced".
-    monkeypatch.setattr(inf, "predictions", lambda cfg: {k: np.full(cfg["depth"], 0.99)
-                                                         for k, _, _ in inf.settings(cfg)})
-    verdicts = {c.id: c.passed for c in inf.check_claims(config, measured)}
+    wrong = chapter.predict(config, theory=SaturatedTheory())
+    verdicts = {c.id: c.passed for c in chapter.check(config, {"init": measured}, wrong)}
     assert verdicts["B.mean_field.gn1"] is False and verdicts["B.mean_field.bn"] is False
     assert verdicts["B.mean_field.none"] is False
 
 
 def test_speed_claim_fails_on_a_positive_correlation():
-    config = inf.resolve("book", **SMALL)
+    config = chapter.resolve("book", **SMALL)
     cos = np.linspace(0.3, 0.9, 6)
     trained = pd.DataFrame({"key": [f"gn{i}" for i in range(2, 8)], "norm": "gn", "group_size": range(2, 8),
                             "init_cosine": cos, "mean_train_acc": 0.2 + 0.5 * cos, "diverged": False})
@@ -124,10 +134,13 @@ def test_speed_claim_fails_on_a_positive_correlation():
     assert r == pytest.approx(1.0) and low > 0
     fake = pd.DataFrame({"setting": [], "norm": [], "group_size": [], "repeat": [], "layer": [], "metric": [],
                          "value": []})
-    check = inf.check_claims(dict(config, group_sizes=[], norms=[]), fake, trained)[-1]
+    empty = dict(config, group_sizes=[], norms=[])
+    check = chapter.check(empty, {"init": fake, "trained": trained},
+                          {"curves": {}, "ranks": {}})[-1]
     assert check.id == "B.similarity_slows_training" and check.passed is False
     decreasing = trained.assign(mean_train_acc=0.9 - 0.5 * cos + 0.01 * np.sin(np.arange(6)))
-    check = inf.check_claims(dict(config, group_sizes=[], norms=[]), fake, decreasing)[-1]
+    check = chapter.check(empty, {"init": fake, "trained": decreasing},
+                          {"curves": {}, "ranks": {}})[-1]
     assert check.passed is True
 
 

@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from normlib import data, presets
+from normlib import theory
 from normlib.experiments import large_learning_rates as ll
 from normlib.params import ParameterError
+
+chapter = ll.EXPERIMENT
 
 TINY = dict(depth=4, widths=[4, 8], step_sizes=[0.001, 1.0, 1000.0], divergence_batches=1, learning_rates=[0.01, 0.1],
             noise_pool=16, noise_batch_sizes=[2, 8], noise_draws=3, noise_step_sizes=[0.01, 0.1],
@@ -18,7 +21,7 @@ TINY = dict(depth=4, widths=[4, 8], step_sizes=[0.001, 1.0, 1000.0], divergence_
 
 
 def test_paper_preset_is_the_papers_setup():
-    config = ll.resolve("paper")
+    config = chapter.resolve("paper")
     assert (config["arch"], config["depth"], config["widths"], config["dataset"]) == (
         "resnet", 110, [16, 32, 64], "cifar10")
     assert config["learning_rates"] == [0.0001, 0.003, 0.1] and config["batch_size"] == 128
@@ -42,7 +45,7 @@ def test_paper_preset_is_the_papers_setup():
 ])
 def test_invalid_parameters(overrides, match):
     with pytest.raises(ParameterError, match=match):
-        ll.resolve("book", **overrides)
+        chapter.resolve("book", **overrides)
 
 
 def test_cnn_cfg_has_two_strided_stages():
@@ -59,7 +62,7 @@ def test_divergence_threshold_on_known_curves():
 
 def _model_and_batch(norm="none"):
     dataset = data.load_dataset("synthetic", "train", shape=(1, 8, 8), size=12, seed=0)
-    config = ll.resolve("book", depth=3, widths=[4, 4])
+    config = chapter.resolve("book", depth=3, widths=[4, 4])
     return ll.build(config, norm, dataset, seed=0), dataset.images, dataset.labels
 
 
@@ -90,8 +93,8 @@ def test_sgd_step_deviation_is_zero_along_its_own_gradient():
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = ll.resolve("book", **TINY)
-    return config, ll.measure(config, cache=False, executor="serial")
+    config = chapter.resolve("book", **TINY)
+    return config, chapter.measure(config, cache=False, executor="serial")
 
 
 def test_measurement_is_tidy_and_deterministic(tiny):
@@ -99,23 +102,33 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     assert set(measured) == {"divergence", "train", "noise", "noise_steps", "noise_variance"}
     assert len(measured["divergence"]) == 2 * 3 and len(measured["train"]) == 2 * 2
     assert len(measured["noise"]) == 2 * 3 and len(measured["noise_steps"]) == 2 * 3
-    again = ll.measure_uncached(config, executor="serial", cache=False)
+    again = chapter.compute(config, executor="serial", cache=False)
     for key in ("divergence", "noise", "noise_steps", "noise_variance"):
         assert measured[key].equals(again[key]), key
     assert measured["train"]["test_accuracy"].equals(again["train"]["test_accuracy"])
 
 
-def test_claims_fail_when_the_prediction_is_wrong(tiny, monkeypatch):
+class HundredfoldNoise:
+    """normlib.theory, except that SGD noise is a hundred times the exact law."""
+
+    def __getattr__(self, name):
+        return getattr(theory, name)
+
+    def sgd_noise(self, variance, batch_size, step_size=1.0, pool_size=None):
+        return 100 * variance / np.asarray(batch_size)
+
+
+def test_claims_fail_when_the_theory_is_wrong(tiny):
     config, measured = tiny
-    checks = {c.id: c for c in ll.check_claims(config, measured)}
+    checks = {c.id: c for c in chapter.check(config, measured, chapter.predict(config, measured))}
     assert set(checks) == {"L.threshold", "L.small_lr", "L.best_lr", "L.noise_batch", "L.noise_level",
                            "L.noise_step"}
     steps = measured["noise_steps"].assign(scaled=lambda f: f.deviation / f.step_size**2)
     by_alpha = steps.pivot(index="draw", columns="step_size", values="scaled").to_numpy()
     # every step size draws its own mini-batches, so L.noise_step is a statistical test, not an identity
     assert not np.allclose(by_alpha[:, 0], by_alpha[:, 1], rtol=1e-3)
-    monkeypatch.setattr(ll.theory, "sgd_noise", lambda c, b, a=1.0, pool_size=None: 100 * c / np.asarray(b))
-    assert not {c.id: c.passed for c in ll.check_claims(config, measured)}["L.noise_level"]
+    wrong = chapter.predict(config, measured, theory=HundredfoldNoise())
+    assert not {c.id: c.passed for c in chapter.check(config, measured, wrong)}["L.noise_level"]
 
 
 def test_run_executes_the_notebook_with_papermill(run_notebook):

@@ -1,5 +1,6 @@
-"""Notebook 08's experiment: presets, validation, the float16 emulation, a tiny measurement, claims that can fail,
-reduced-precision training, and the notebook run through the command line."""
+"""Notebook 08's experiment: presets, validation, the float16 deviations, a tiny measurement, claims that can fail,
+and the notebook run through the command line (the float16 accumulator and the reduced-precision wrapper are tested
+in test_numerics.py)."""
 
 import json
 
@@ -11,13 +12,20 @@ from normlib import presets, theory
 from normlib.experiments import lp_batchnorm as lb
 from normlib.params import ParameterError
 
+chapter = lb.EXPERIMENT
+
+def verdicts_of(config, measured, theory=None):
+    options = {} if theory is None else {"theory": theory}
+    predicted = chapter.predict(config, measured, **options)
+    return chapter.check(config, measured, predicted)
+
 SYNTH = {"dataset": "synthetic", "subset": 64, "test_subset": 32}
 TINY = dict(const_ns=[16, 200], const_repeats=64, sigmas=[4.0, 16.0], overflow_repeats=2, width=8, batch_size=32,
             **SYNTH)
 
 
 def test_paper_preset_is_the_official_cifar_regime():
-    config = lb.resolve("paper")
+    config = chapter.resolve("paper")
     assert config["dataset"] == "cifar10" and config["arch"] == "resnet" and config["resnet_depth"] == 56
     assert config["width"] == 16 and lb.model_options(config)["widths"] == [16, 32, 64]
     assert config["lr"] == 0.1 and config["momentum"] == 0.9 and config["weight_decay"] == 1e-4
@@ -31,7 +39,7 @@ def test_paper_preset_is_the_official_cifar_regime():
 
 
 def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
-    config = lb.resolve("paper", device="cpu", lowp_dtype="bfloat16", resnet_depth=8, width=4)
+    config = chapter.resolve("paper", device="cpu", lowp_dtype="bfloat16", resnet_depth=8, width=4)
     point = next(p for p in lb.training_grid(config) if p["norm"] == "bwn")
     point["dataset"] = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 10, "subset": 32,
                         "test_subset": 16}
@@ -59,18 +67,7 @@ def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
 )
 def test_invalid_parameters(overrides, match):
     with pytest.raises(ParameterError, match=match):
-        lb.resolve("book", **overrides)
-
-
-def test_torch_half_sums_accumulate_in_float32_but_the_emulation_does_not():
-    assert lb.torch_half_sum_accumulates_in_float32()
-    ones = torch.ones(60_000)
-    assert float(lb.fp16_tree_sum(ones)) == 60_000.0  # pairwise: exact partial sums of ones up to 2048
-    assert torch.isinf(lb.fp16_tree_sum(torch.ones(70_000)))
-    assert torch.isfinite(torch.ones(70_000, dtype=torch.float16).mean())  # torch: float32 inside
-    # every partial sum is rounded: 2048 + 1 is 2048 in float16
-    assert float(lb.fp16_tree_sum(torch.tensor([2048.0, 1.0]))) == 2048.0
-    assert lb.fp16_tree_sum(torch.ones(3, 5)).shape == (3,)
+        chapter.resolve("book", **overrides)
 
 
 def test_fp16_deviation_matches_float64_below_overflow_and_overflows_above():
@@ -90,8 +87,8 @@ def test_fp16_deviation_matches_float64_below_overflow_and_overflows_above():
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = lb.resolve("book", **TINY)
-    return config, lb.measure(config, cache=False, executor="serial")
+    config = chapter.resolve("book", **TINY)
+    return config, chapter.measure(config, cache=False, executor="serial")
 
 
 def test_measurement_is_tidy_and_deterministic(tiny):
@@ -102,7 +99,7 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     assert set(measured["thresholds"].kind) == {"l2", "l1"} and len(measured["thresholds"]) == 2 * 2 * 2
     assert set(zip(measured["train"].norm, measured["train"].precision)) == set(lb.training_runs(config))
     assert len(measured["train"]) == 6 + 2
-    again = lb.measure(config, cache=False, executor="serial")
+    again = chapter.measure(config, cache=False, executor="serial")
     for key in ("constants", "thresholds", "curves", "window"):
         pd.testing.assert_frame_equal(measured[key], again[key])
     cols = ["norm", "precision", "diverged", "final_loss", "test_accuracy", "steps"]
@@ -111,7 +108,7 @@ def test_measurement_is_tidy_and_deterministic(tiny):
 
 def test_claims_hold_with_the_right_theory(tiny):
     config, measured = tiny
-    verdicts = {c.id: c for c in lb.check_claims(config, measured)}
+    verdicts = {c.id: c for c in verdicts_of(config, measured)}
     assert {"L.c_l1", "L.c_linf", "L.c_topk", "L.c_derived", "L.overflow_l2.s4", "L.overflow_l2.s16",
             "L.l1_survives", "L.l1_vs_l2", "L.bwn_vs_wn", "L.lowp_l1bn", "L.lowp_bn"} == set(verdicts)
     for cid in ("L.c_l1", "L.c_derived", "L.overflow_l2.s4", "L.overflow_l2.s16", "L.l1_survives"):
@@ -119,13 +116,36 @@ def test_claims_hold_with_the_right_theory(tiny):
     assert not verdicts["L.c_linf"].passed and verdicts["L.c_linf"].measured > 1.2  # the code's constant
 
 
-def test_wrong_predictions_fail_the_checks(tiny, monkeypatch):
+class DoubleOverflow:
+    """normlib.theory, except that float16's L2 sum overflows at twice the predicted size."""
+
+    def __getattr__(self, name):
+        return getattr(theory, name)
+
+    def l2_overflow_n(self, sigma):
+        return 2 * theory.l2_overflow_n(sigma)
+
+
+class UnbiasedConstants:
+    """normlib.theory, except that every scaled deviation estimates sigma exactly."""
+
+    def __getattr__(self, name):
+        return getattr(theory, name)
+
+    def l2_deviation_ratio(self, n):
+        return 1.0
+
+    l1_deviation_ratio = linf_deviation_ratio = l2_deviation_ratio
+
+    def topk_deviation_ratio(self, n, k):
+        return 1.0
+
+
+def test_wrong_theories_fail_the_checks(tiny):
     config, measured = tiny
-    monkeypatch.setattr(lb, "predict_l2_overflow", lambda sigma: 2 * theory.l2_overflow_n(sigma))
-    verdicts = {c.id: c.passed for c in lb.check_claims(config, measured)}
+    verdicts = {c.id: c.passed for c in verdicts_of(config, measured, DoubleOverflow())}
     assert not verdicts["L.overflow_l2.s4"] and not verdicts["L.overflow_l2.s16"]
-    monkeypatch.setattr(lb, "predict_ratio", lambda deviation, n, k: 1.0)  # "every constant gives exactly 1"
-    assert not {c.id: c.passed for c in lb.check_claims(config, measured)}["L.c_derived"]
+    assert not {c.id: c.passed for c in verdicts_of(config, measured, UnbiasedConstants())}["L.c_derived"]
 
 
 def test_training_claims_follow_the_accuracies(tiny):
@@ -134,24 +154,12 @@ def test_training_claims_follow_the_accuracies(tiny):
     train.loc[train.norm == "wn", ["diverged", "test_accuracy"]] = [True, float("nan")]
     train.loc[(train.norm == "l1bn") & (train.precision == "float32"), "test_accuracy"] = 0.0
     train.loc[(train.norm == "bn") & (train.precision == "float32"), "test_accuracy"] = 0.9
-    verdicts = {c.id: c.passed for c in lb.check_claims(config, {**measured, "train": train})}
+    verdicts = {c.id: c.passed for c in verdicts_of(config, {**measured, "train": train})}
     assert verdicts["L.bwn_vs_wn"] or bool(train[train.norm == "bwn"].diverged.iloc[0])  # a diverged WN scores 0
     assert not verdicts["L.l1_vs_l2"]
-    only = lb.resolve("book", **{**TINY, "norms": ["bn", "wn"], "lowp_norms": ["bn"]})
-    ids = {c.id for c in lb.check_claims(only, measured)}
+    only = chapter.resolve("book", **{**TINY, "norms": ["bn", "wn"], "lowp_norms": ["bn"]})
+    ids = {c.id for c in verdicts_of(only, measured)}
     assert "L.l1_vs_l2" not in ids and "L.bwn_vs_wn" not in ids and "L.lowp_bn" in ids
-
-
-def test_reduced_precision_wrapper():
-    torch.manual_seed(0)
-    from normlib import models
-    net = lb.ReducedPrecision(models.make_cnn([(8, 2), 8], norm="l1bn", in_channels=1, num_classes=3),
-                              torch.bfloat16)
-    out = net(torch.randn(4, 1, 8, 8))
-    assert out.dtype == torch.float32 and out.shape == (4, 3)
-    out.sum().backward()
-    assert all(p.dtype == torch.float32 and p.grad is not None for p in net.parameters())
-    assert len(net.conv_points()) == 2 and "bfloat16" in repr(net)
 
 
 def test_run_executes_the_notebook_with_papermill(run_notebook):

@@ -1,15 +1,29 @@
-"""Tests for normlib.probes: each metric on inputs with known answers, and the hook machinery."""
+"""Tests for normlib.probes: each metric on inputs with known answers, the hook machinery, and the per-channel
+recorder of scale-invariant weights during training."""
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from normlib import probes
+from normlib import data, probes
 from normlib.models import make_cnn, make_resnet
-from normlib.probes import (METRICS, Probe, activation_std, activation_variance, mean_cosine_similarity,
-                            probe_model, second_moment, stable_rank)
+from normlib.optim import SGDWDMimic, channel_norms
+from normlib.probes import (
+    METRICS,
+    ChannelRecorder,
+    Probe,
+    activation_std,
+    activation_variance,
+    mean_cosine_similarity,
+    probe_model,
+    second_moment,
+    stable_rank,
+)
+from normlib.train import TrainConfig, train
 
 
 def equicorrelated(n, rho):
@@ -232,3 +246,85 @@ def test_stable_rank_power_iteration_matches_the_exact_eigenvalue(rho):
     unit = flat / flat.norm(dim=1, keepdim=True)
     exact = 64 / torch.linalg.eigvalsh(unit @ unit.T)[-1].item()
     assert stable_rank(x) == pytest.approx(exact, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- channel recorder
+
+
+def recorded_run(record_every=1, optimizer="sgd", momentum=0.0, **recorder_options):
+    """Four steps (2 epochs of 2 batches) of a seeded two-unit BatchNorm CNN with a ChannelRecorder; returns the
+    recorder, the model and the training result."""
+    torch.manual_seed(0)
+    model = make_cnn([4, (6, 2)], norm="bn", in_channels=3, num_classes=4)
+    units = [(f"conv{i}", unit.conv, unit.norm) for i, unit in enumerate(model.units, 1)]
+    recorder = ChannelRecorder(units, record_every, steps_per_epoch=2, **recorder_options)
+
+    def factory(net, cfg):
+        recorder.start()
+        if optimizer == "sgd":
+            return torch.optim.SGD(net.parameters(), lr=cfg.peak_lr, momentum=momentum)
+        weights = [conv.weight for _, conv, _ in units]
+        rest = [p for p in net.parameters() if all(p is not w for w in weights)]
+        opt = SGDWDMimic([{"params": weights, "correct": True}, {"params": rest}], lr=cfg.peak_lr, momentum=momentum)
+        opt.set_reference_norms([2 * channel_norms(w) for w in weights])
+        return opt
+
+    dataset = data.load_dataset("synthetic", shape=(3, 8, 8), num_classes=4, size=32, seed=0)
+    config = TrainConfig(lr=0.1, lr_scale_with_batch=False, batch_size=16, epochs=2, schedule="constant",
+                         momentum=momentum, weight_decay=0.0, augment=False)
+    result = train(model, dataset, config=config, optimizer_factory=factory, on_step=recorder)
+    recorder.close()
+    return recorder, model, result
+
+
+def test_channel_recorder_records_each_channels_step():
+    recorder, model, result = recorded_run(bn_terms=True, reference="step")
+    frame = recorder.frame()
+    assert len(frame) == 4 * (4 + 6) and frame.groupby("layer").size().to_dict() == {"conv1": 16, "conv2": 24}
+    assert list(frame.columns[:3]) == ["step", "layer", "channel"]
+    conv2 = frame[frame.layer == "conv2"].set_index(["step", "channel"])
+    # the weights after step t are the weights before step t + 1, and the last ones are the model's
+    after = conv2["norm_sq_after"].unstack().to_numpy()
+    before = conv2["norm_sq_before"].unstack().to_numpy()
+    assert (after[:-1] == before[1:]).all()
+    final = model.units[1].conv.weight.detach().double().reshape(6, -1).pow(2).sum(1).numpy()
+    assert after[-1] == pytest.approx(final, rel=1e-12)
+    # plain SGD: ||w - eta g||^2 = ||w||^2 - 2 eta <w, g> + eta^2 ||g||^2, up to float32 rounding of the weights
+    eta = conv2["lr"]
+    predicted = conv2["norm_sq_before"] - 2 * eta * conv2["w_dot_g"] + eta**2 * conv2["grad_sq"]
+    assert (conv2["norm_sq_after"] / predicted - 1).abs().max() < 1e-6
+    # the chord is 2 sin(theta/2) for the angle theta of the step: tan(theta) = eta ||g_perp|| / (||w|| - eta <w, g>
+    # / ||w||), g_perp the part of g orthogonal to w (float32 rounding of w_{t+1} moves it by ~1e-7 / theta)
+    norm = np.sqrt(conv2["norm_sq_before"])
+    g_perp = np.sqrt(conv2["grad_sq"] - conv2["w_dot_g"] ** 2 / conv2["norm_sq_before"])
+    theta = np.arctan2(eta * g_perp, norm - eta * conv2["w_dot_g"] / norm)
+    assert (conv2["chord"] / (2 * np.sin(theta / 2)) - 1).abs().max() < 1e-4
+    assert frame["lr"].to_numpy() == pytest.approx(0.1) and (frame["step_scale"] == 1).all()
+    assert frame["buffer_sq"].isna().all()  # no momentum
+    assert (frame["bn_variance"] > 0).all() and frame["gain_grad"].notna().all()
+    assert result.history["step"].tolist() == [0, 1, 2, 3]
+    # the norms before every step, and after the last
+    assert len(recorder.reference_norms) == 5
+    assert torch.equal(recorder.reference_norms[-1][1], channel_norms(model.units[1].conv.weight))
+    assert not model.units[0].conv._forward_hooks  # closed
+
+
+def test_channel_recorder_every_kth_step_matches_recording_every_step():
+    every, _, _ = recorded_run(record_every=1, momentum=0.9)
+    sparse, _, _ = recorded_run(record_every=2, momentum=0.9, reference="epoch")
+    full = every.frame()
+    pd.testing.assert_frame_equal(sparse.frame(), full[full.step.isin([0, 2])].reset_index(drop=True),
+                                  check_exact=True)
+    assert full["buffer_sq"].gt(0).all() and "bn_variance" not in full
+    assert len(sparse.reference_norms) == 2  # after each of the two epochs
+    assert every.reference_norms == []
+
+
+def test_channel_recorder_reads_the_corrections_step_scale():
+    recorder, _, _ = recorded_run(optimizer="mimic", momentum=0.9)
+    frame = recorder.frame()
+    first = frame[frame.step == 0]
+    assert first["step_scale"].to_numpy() == pytest.approx(0.25, rel=1e-6)  # reference norms twice the initial ones
+    assert (frame["step_scale"] != 1).all() and frame["chord"].gt(0).all()
+    with pytest.raises(ValueError, match="reference"):
+        ChannelRecorder([], reference="batch")

@@ -13,6 +13,8 @@ from normlib import presets
 from normlib.experiments import stable_backward as sb
 from normlib.params import ParameterError
 
+chapter = sb.EXPERIMENT
+
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = {"dataset": "synthetic", "subset": 64, "test_subset": 32}
 TINY = dict(group_sizes=[1, 16], width=16, depth=8, batch_size=8, image_size=8, in_sizes=[2, 8], repeats=1,
@@ -20,7 +22,7 @@ TINY = dict(group_sizes=[1, 16], width=16, depth=8, batch_size=8, image_size=8, 
 
 
 def test_paper_preset_is_the_papers_setup():
-    config = sb.resolve("paper")
+    config = chapter.resolve("paper")
     assert config["dataset"] == "cifar100" and config["width"] == 64 and config["batch_sizes"] == [256, 16]
     assert config["group_sizes"] == [1, 2, 4, 8, 16, 32, 64] and config["train_stem_stride"] == 1
     assert config["epochs"] == 60 and config["paper_small_batch"] and config["device"] == "auto"
@@ -33,7 +35,7 @@ def test_paper_preset_is_the_papers_setup():
 
 
 def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
-    config = sb.resolve("paper", device="cpu", group_sizes=[1], learning_rates=[0.1], batch_sizes=[16])
+    config = chapter.resolve("paper", device="cpu", group_sizes=[1], learning_rates=[0.1], batch_sizes=[16])
     (point,) = sb.training_grid(config)
     point["dataset"] = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 100, "subset": 64,
                         "test_subset": 16}
@@ -58,13 +60,13 @@ def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
 )
 def test_invalid_parameters(overrides, match):
     with pytest.raises(ParameterError, match=match):
-        sb.resolve("book", **overrides)
+        chapter.resolve("book", **overrides)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = sb.resolve("book", **TINY)
-    return config, sb.measure(config, cache=False, executor="serial")
+    config = chapter.resolve("book", **TINY)
+    return config, chapter.measure(config, cache=False, executor="serial")
 
 
 def test_measurement_is_tidy_and_deterministic(tiny):
@@ -73,14 +75,14 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     assert set(init.run) == {"gn1", "gn16", "bn", "none", "in@2", "in@8"}
     assert set(init.layer) == set(range(1, config["depth"] + 1))
     assert len(train) == 2 * 2
-    again = sb.measure(config, cache=False, executor="serial")
+    again = chapter.measure(config, cache=False, executor="serial")
     pd.testing.assert_frame_equal(init, again["init"])
     pd.testing.assert_frame_equal(train.drop(columns="loss"), again["train"].drop(columns="loss"))
 
 
 def test_claims_hold_with_the_right_theory(tiny):
     config, measured = tiny
-    verdicts = {c.id: c for c in sb.check_claims(config, measured)}
+    verdicts = {c.id: c for c in chapter.check(config, measured, chapter.predict(config, measured))}
     assert verdicts["C.order"].passed and verdicts["C.order"].measured == pytest.approx(-1.0)
     # A learning rate of 50 blows up every group: the smallest diverges, but so does the largest.
     assert measured["train"][measured["train"].lr == 50.0]["diverged"].all()
@@ -88,13 +90,15 @@ def test_claims_hold_with_the_right_theory(tiny):
     assert sb.measured_factor(measured, "gn1") > sb.measured_factor(measured, "gn16")
 
 
-def test_a_wrong_prediction_fails_the_check(tiny, monkeypatch):
+def test_a_wrong_prediction_fails_the_check(tiny):
     config, measured = tiny
-    bn = sb.measured_factor(measured, "bn")
-    monkeypatch.setattr(sb, "predict_bn", lambda cfg: bn)
-    assert {c.id: c.passed for c in sb.check_claims(config, measured)}["C.bn"] is True
-    monkeypatch.setattr(sb, "predict_bn", lambda cfg: 2.0)  # claim BN doubles the squared gradient per layer
-    assert {c.id: c.passed for c in sb.check_claims(config, measured)}["C.bn"] is False
+    predicted = chapter.predict(config, measured)
+
+    def verdict(bn_factor):
+        return {c.id: c.passed for c in chapter.check(config, measured, {**predicted, "C.bn": bn_factor})}["C.bn"]
+
+    assert verdict(sb.measured_factor(measured, "bn")) is True
+    assert verdict(2.0) is False  # claim BN doubles the squared gradient per layer
 
 
 def test_run_executes_the_notebook_with_papermill(tmp_path):

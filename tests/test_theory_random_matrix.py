@@ -19,8 +19,11 @@ def test_density_integrates_to_the_fuss_catalan_moments(m):
     xmax = theory.fuss_catalan_max(m)
     for k in range(3):
         # substitute x = xmax * u**(m+1) to tame the x^(-m/(m+1)) singularity at 0
-        value, _ = quad(lambda u: (xmax * u ** (m + 1)) ** k * theory.fuss_catalan_density(xmax * u ** (m + 1), m)[0]
-                        * xmax * (m + 1) * u**m, 0, 1, limit=200)
+        def integrand(u, k=k):
+            x = xmax * u ** (m + 1)
+            return x**k * theory.fuss_catalan_density(x, m)[0] * xmax * (m + 1) * u**m
+
+        value, _ = quad(integrand, 0, 1, limit=200)
         assert value == pytest.approx(theory.fuss_catalan_moment(k, m), rel=2e-3)
 
 

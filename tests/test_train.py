@@ -1,7 +1,9 @@
-"""normlib.train: the LR schedule, divergence, determinism, probes, train_model and pickling."""
+"""normlib.train: the LR schedule, divergence, determinism, probes, the optimizer and step hooks, train_model with
+its data and model arguments, and pickling."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -11,9 +13,19 @@ import torch
 from torch import nn
 
 from normlib import data, models
-from normlib.sweep import sweep
 from normlib.params import ParameterError
-from normlib.train import TrainConfig, TrainResult, evaluate, lr_at, scaled_lr, train, train_model
+from normlib.sweep import sweep
+from normlib.train import (
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    load_splits,
+    lr_at,
+    model_kwargs_for,
+    scaled_lr,
+    train,
+    train_model,
+)
 
 SHAPE = (3, 8, 8)
 TINY_CNN = {"cfg": [8, (8, 2)], "norm": "bn"}
@@ -60,6 +72,37 @@ def test_constant_schedule_never_decays():
         lr_at(0, 10, 0, 0.1, "cosine")
 
 
+def test_multistep_schedule_multiplies_at_each_milestone():
+    assert [lr_at(t, 100, 0, 1.0, "multistep", [10, 20], 0.5) for t in (0, 9, 10, 19, 20, 99)] == \
+        pytest.approx([1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+    assert lr_at(2, 100, 4, 1.0, "multistep", [1], 0.1) == pytest.approx(0.5)  # the warm-up comes first
+    config = TrainConfig(schedule="multistep", lr_milestones=[1], lr_decay=0.1, lr=0.4, lr_scale_with_batch=False,
+                         batch_size=16, epochs=2, augment=False)
+    tiny = data.load_dataset("synthetic", shape=(3, 8, 8), num_classes=4, size=32)
+    history = train(models.make_cnn([4], norm="bn", in_channels=3, num_classes=4), tiny, config=config).history
+    assert history["lr"].tolist() == pytest.approx([0.4, 0.4, 0.04, 0.04])
+    assert TrainConfig(lr_milestones=[]).lr_milestones == ()
+    with pytest.raises(ParameterError, match="lr_milestones"):
+        TrainConfig(schedule="constant", lr_milestones=[2])
+
+
+def test_train_hooks_replace_the_optimizer_and_see_every_step():
+    tiny = data.load_dataset("synthetic", shape=(3, 8, 8), num_classes=4, size=32)
+    model = models.make_cnn([4], norm="bn", in_channels=3, num_classes=4)
+    seen = []
+
+    def factory(net, cfg):
+        return torch.optim.SGD([{"params": list(net.parameters()), "lr_scale": 0.5}], lr=cfg.peak_lr)
+
+    def on_step(step, net, optimizer):
+        seen.append((step, optimizer.param_groups[0]["lr"], net.units[0].conv.weight.grad is not None))
+
+    config = TrainConfig(lr=0.2, lr_scale_with_batch=False, batch_size=16, epochs=1, schedule="constant",
+                         momentum=0.0, augment=False)
+    train(model, tiny, config=config, optimizer_factory=factory, on_step=on_step)
+    assert seen == [(0, pytest.approx(0.1), True), (1, pytest.approx(0.1), True)]
+
+
 def test_lr_scales_linearly_with_batch_size():
     assert scaled_lr(0.1, 256) == pytest.approx(0.1)
     assert scaled_lr(0.1, 16) == pytest.approx(1.6)  # the paper's bs-16 rate
@@ -103,6 +146,17 @@ def test_config_round_trips_through_plain_json_types():
     assert cfg.probe_metrics == ("variance",)
     as_dict = cfg.to_dict()
     assert as_dict["conv_metrics"] == ["grad_norm"] and TrainConfig(**as_dict) == cfg
+
+
+def test_replace_validates_the_changed_copy():
+    cfg = config(probe_metrics=["variance"], schedule="multistep", lr_milestones=[1])
+    longer = dataclasses.replace(cfg, epochs=5)
+    assert longer == TrainConfig(**{**cfg.to_dict(), "epochs": 5}) and longer.lr_milestones == (1,)
+    assert dataclasses.replace(cfg, lr_milestones=[1, 2]).lr_milestones == (1, 2)  # coerced, as on construction
+    with pytest.raises(ParameterError, match="'lr_milestones'"):
+        dataclasses.replace(cfg, schedule="constant")
+    with pytest.raises(ParameterError, match="'epochs'"):
+        dataclasses.replace(cfg, epochs=0)
 
 
 # --------------------------------------------------------------------------------------------- divergence
@@ -230,6 +284,36 @@ def test_train_model_from_json_arguments_and_pickle():
     # deterministic from the arguments alone
     pd.testing.assert_frame_equal(train_model("cnn", model_kwargs, dataset, cfg).history, result.history,
                                   check_exact=True)
+
+
+def test_load_splits_reads_a_name_or_options():
+    train_set, test_set = load_splits("synthetic", seed=3)
+    assert (train_set.split, test_set.split) == ("train", "test")
+    assert torch.equal(train_set.images, data.load_dataset("synthetic", "train", seed=3).images)
+    options = {"name": "synthetic", "shape": [3, 8, 8], "num_classes": 4, "subset": 20, "test_subset": 10}
+    train_set, test_set = load_splits(options, seed=1)
+    assert (len(train_set), len(test_set)) == (20, 10) and train_set.images.shape[1:] == SHAPE
+    expected = data.load_dataset("synthetic", "test", shape=SHAPE, num_classes=4, subset=10, seed=1)
+    assert torch.equal(test_set.images, expected.images)
+    assert options["shape"] == [3, 8, 8]  # not changed
+    no_test_subset = load_splits({"name": "synthetic", "size": 48, "test_size": 32, "subset": 20}, seed=0)[1]
+    assert len(no_test_subset) == 32  # subset is the training split's only
+    seeded = load_splits({"name": "synthetic", "subset": 20, "seed": 5}, seed=1)[0]
+    assert torch.equal(seeded.images, data.load_dataset("synthetic", subset=20, seed=5).images)
+    with pytest.raises(ParameterError, match="'dataset'"):
+        load_splits({"subset": 20}, seed=0)
+
+
+def test_model_kwargs_for_fills_in_the_dataset_and_reads_json_lists():
+    dataset = synthetic(size=8)
+    json_kwargs = {"cfg": [8, [8, 2]], "norm": "gn", "group_size": 4}
+    kwargs = model_kwargs_for(json_kwargs, dataset)
+    assert kwargs == {"in_channels": 3, "num_classes": 4, "cfg": [8, (8, 2)], "norm": "gn", "group_size": 4}
+    assert json_kwargs["cfg"] == [8, [8, 2]]  # not changed
+    assert model_kwargs_for({"widths": [4, 8, 16], "num_classes": 7}, dataset) == {
+        "in_channels": 3, "num_classes": 7, "widths": (4, 8, 16)}
+    model = models.build_model("resnet", depth=8, **model_kwargs_for({"widths": [4, 8, 16]}, dataset))
+    assert model(dataset.images[:2]).shape == (2, 4)
 
 
 def test_train_model_runs_through_a_cached_sweep(tmp_path):

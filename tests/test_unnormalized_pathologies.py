@@ -7,15 +7,18 @@ import numpy as np
 import pytest
 
 from normlib import models
+from normlib import theory
 from normlib.experiments import unnormalized_pathologies as up
 from normlib.params import ParameterError
+
+chapter = up.EXPERIMENT
 
 TINY = dict(depth=8, widths=[4, 4, 4], dataset="synthetic", batch_size=8, repeats=1, rmt_width=40,
             rmt_factors=[1, 2], rmt_trials=1, linear_width=6, linear_depths=[1, 2, 3], linear_trials=10)
 
 
 def test_paper_preset_is_the_papers_setup():
-    config = up.resolve("paper")
+    config = chapter.resolve("paper")
     assert (config["depth"], config["widths"], config["dataset"]) == (110, [16, 32, 64], "cifar10")
     assert config["norm"] == "bn" and config["batch_size"] == 128 and config["rmt_factors"] == [1, 3, 5]
     assert config["device"] == "auto"
@@ -34,19 +37,19 @@ def test_paper_preset_is_the_papers_setup():
 ])
 def test_invalid_parameters(overrides, match):
     with pytest.raises(ParameterError, match=match):
-        up.resolve("book", **overrides)
+        chapter.resolve("book", **overrides)
 
 
 def test_conv_count_and_middle_layer():
     model = models.make_resnet(110, (4, 4, 4), norm="none", in_channels=3, num_classes=10)
     assert up.num_convs(110) == len(model.conv_points()) == 111
-    assert up.gradient_layer(up.resolve("book")) == 56
+    assert up.gradient_layer(chapter.resolve("book")) == 56
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = up.resolve("book", **TINY)
-    return config, up.measure(config, cache=False)
+    config = chapter.resolve("book", **TINY)
+    return config, chapter.measure(config, cache=False)
 
 
 def test_measurement_is_tidy_and_deterministic(tiny):
@@ -55,7 +58,7 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     assert set(measured["stream"].norm) == {"bn", "none"}
     assert len(measured["stream"]) == 2 * (1 + 3)  # stem + 3 blocks, two networks
     assert len(measured["singular_values"]) == 2 * 40 and len(measured["condition"]) == 3 * 10
-    again = up.measure_uncached(config)
+    again = chapter.compute(config)
     for key in measured:
         assert measured[key].equals(again[key]), key
 
@@ -70,14 +73,26 @@ def test_summaries_on_known_cases(tiny):
     assert up.ks_distance({**measured, "singular_values": values}, 1) > 0.05  # uniform in s^2, not Marchenko-Pastur
 
 
-def test_claims_fail_when_the_prediction_is_wrong(tiny, monkeypatch):
+class WrongTheory:
+    """normlib.theory, except that the stream grows x10 per block and every product's edge is at 10."""
+
+    def __getattr__(self, name):
+        return getattr(theory, name)
+
+    def mean_field_stream(self, unit, blocks, **options):
+        return 10.0 ** np.arange(1 + blocks)
+
+    def product_singular_value_max(self, m):
+        return 10.0
+
+
+def test_claims_fail_when_the_theory_is_wrong(tiny):
     config, measured = tiny
-    ids = {c.id for c in up.check_claims(config, measured)}
+    ids = {c.id for c in chapter.check(config, measured, chapter.predict(config, measured))}
     assert {"U.none_growth", "U.norm_growth", "U.gradient_scale", "U.one_class", "R.smax_1", "R.law_2",
             "R.condition"} <= ids
-    monkeypatch.setattr(up, "predict_stream", lambda cfg, norm: 10.0 ** np.arange(1 + 3))  # x10 per block
-    monkeypatch.setattr(up.theory, "product_singular_value_max", lambda m: 10.0)
-    verdicts = {c.id: c.passed for c in up.check_claims(config, measured)}
+    wrong = chapter.predict(config, measured, theory=WrongTheory())
+    verdicts = {c.id: c.passed for c in chapter.check(config, measured, wrong)}
     assert not verdicts["U.none_growth"] and not verdicts["R.smax_1"]
 
 

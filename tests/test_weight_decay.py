@@ -1,6 +1,7 @@
 """Notebook 07's experiment (Hoffer et al. 2018, weight decay and the effective learning rate): the paper preset,
-validation, the multistep schedule and training hooks it needs, VGG-11, the correction optimizer, a tiny
-measurement, claims that can fail, and the notebook run."""
+validation, VGG-11, a tiny measurement, claims that can fail, and the notebook run. The generic pieces it uses are
+tested at home: the multistep schedule and the training hooks in test_train.py, the correction optimizer in
+test_optim.py, the channel recorder in test_probes.py."""
 
 import json
 import math
@@ -12,9 +13,10 @@ import torch
 
 from normlib import data, models, presets, theory
 from normlib.experiments import weight_decay as wd
-from normlib.optim import SGDWDMimic, channel_norms
 from normlib.params import ParameterError
-from normlib.train import TrainConfig, lr_at, train
+from normlib.train import lr_at
+
+chapter = wd.EXPERIMENT
 
 TINY = dict(dataset="synthetic", subset=96, test_subset=32, batch_size=32, epochs=2, lr_milestones=[1],
             repeats=2, sgd_steps=4, invariance_batch=8, invariance_scales=[0.1, 4.0], width=4)
@@ -23,7 +25,7 @@ TINY = dict(dataset="synthetic", subset=96, test_subset=32, batch_size=32, epoch
 # -- the paper preset ---------------------------------------------------------------------------------------------
 
 def test_paper_preset_is_the_papers_setup():
-    config = wd.resolve("paper")
+    config = chapter.resolve("paper")
     assert config["arch"] == "vgg" and config["width"] == 64 and config["dataset"] == "cifar10"
     assert config["subset"] is None and config["batch_size"] == 128 and config["epochs"] == 80
     assert config["lr"] == 0.1 and config["lr_scale_with_batch"] is False and config["momentum"] == 0.9
@@ -39,7 +41,7 @@ def test_paper_preset_is_the_papers_setup():
 
 
 def test_paper_groups_put_weight_decay_on_the_last_layer_only():
-    model = wd.build_network(wd.resolve("paper"), 3, 10, seed=0)
+    model = wd.build_network(chapter.resolve("paper"), 3, 10, seed=0)
     assert len(wd.invariant_units(model)) == 8  # VGG-11: eight conv-BN units
     groups = wd._param_groups(model, "wd_off", 5e-4)
     decayed = [p for g in groups if g["weight_decay"] > 0 for p in g["params"]]
@@ -50,7 +52,7 @@ def test_paper_groups_put_weight_decay_on_the_last_layer_only():
 
 
 def test_paper_runs_a_few_steps_on_cifar_shaped_data():
-    config = wd.resolve("paper", device="cpu", dataset="synthetic", max_steps=2, width=8, record_every=1)
+    config = chapter.resolve("paper", device="cpu", dataset="synthetic", max_steps=2, width=8, record_every=1)
     train_set = data.load_dataset("synthetic", size=16, seed=0)
     test_set = data.load_dataset("synthetic", split="test", size=8, seed=0)
     on = wd.train_run(config, "wd_on", 0, train_set, test_set)
@@ -73,41 +75,10 @@ def test_paper_runs_a_few_steps_on_cifar_shaped_data():
 ])
 def test_invalid_parameters(overrides, match):
     with pytest.raises(ParameterError, match=match):
-        wd.resolve("book", **overrides)
+        chapter.resolve("book", **overrides)
 
 
-# -- the shared pieces: multistep schedule, training hooks, VGG, the correction optimizer -------------------------
-
-def test_multistep_schedule_multiplies_at_each_milestone():
-    assert [lr_at(t, 100, 0, 1.0, "multistep", [10, 20], 0.5) for t in (0, 9, 10, 19, 20, 99)] == \
-        pytest.approx([1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
-    assert lr_at(2, 100, 4, 1.0, "multistep", [1], 0.1) == pytest.approx(0.5)  # the warm-up comes first
-    config = TrainConfig(schedule="multistep", lr_milestones=[1], lr_decay=0.1, lr=0.4, lr_scale_with_batch=False,
-                         batch_size=16, epochs=2, augment=False)
-    tiny = data.load_dataset("synthetic", shape=(3, 8, 8), num_classes=4, size=32)
-    history = train(models.make_cnn([4], norm="bn", in_channels=3, num_classes=4), tiny, config=config).history
-    assert history["lr"].tolist() == pytest.approx([0.4, 0.4, 0.04, 0.04])
-    assert TrainConfig(lr_milestones=[]).lr_milestones == ()
-    with pytest.raises(ParameterError, match="lr_milestones"):
-        TrainConfig(schedule="constant", lr_milestones=[2])
-
-
-def test_train_hooks_replace_the_optimizer_and_see_every_step():
-    tiny = data.load_dataset("synthetic", shape=(3, 8, 8), num_classes=4, size=32)
-    model = models.make_cnn([4], norm="bn", in_channels=3, num_classes=4)
-    seen = []
-
-    def factory(net, cfg):
-        return torch.optim.SGD([{"params": list(net.parameters()), "lr_scale": 0.5}], lr=cfg.peak_lr)
-
-    def on_step(step, net, optimizer):
-        seen.append((step, optimizer.param_groups[0]["lr"], net.units[0].conv.weight.grad is not None))
-
-    config = TrainConfig(lr=0.2, lr_scale_with_batch=False, batch_size=16, epochs=1, schedule="constant",
-                         momentum=0.0, augment=False)
-    train(model, tiny, config=config, optimizer_factory=factory, on_step=on_step)
-    assert seen == [(0, pytest.approx(0.1), True), (1, pytest.approx(0.1), True)]
-
+# -- the paper's network -----------------------------------------------------------------------------------------
 
 def test_vgg11_is_the_papers_network():
     model = models.build_model("vgg", num_classes=10)
@@ -122,43 +93,12 @@ def test_vgg11_is_the_papers_network():
         models.make_vgg("E")
 
 
-def test_correction_optimizer_scales_each_channel_by_the_norm_ratio():
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(3, 2, 3, 3))
-    w.grad = torch.randn_like(w)
-    reference = channel_norms(w) * torch.tensor([1.0, 2.0, 0.5])
-    before = w.detach().clone()
-    opt = SGDWDMimic([{"params": [w], "correct": True}], lr=0.1)
-    opt.set_reference_norms([reference])
-    opt.step()
-    scales = (channel_norms(before) / reference) ** 2
-    expected = before - 0.1 * scales.view(3, 1, 1, 1) * w.grad
-    assert torch.allclose(w.detach(), expected)
-    assert scales.tolist() == pytest.approx([1.0, 0.25, 4.0])
-    with pytest.raises(ValueError, match="reference norm"):
-        opt.set_reference_norms([reference, reference])
-
-
-def test_correction_optimizer_without_correction_is_torch_sgd():
-    torch.manual_seed(0)
-    a = torch.nn.Parameter(torch.randn(4, 5))
-    b = torch.nn.Parameter(a.detach().clone())
-    mine = SGDWDMimic([a], lr=0.1, momentum=0.9, weight_decay=1e-2)
-    ref = torch.optim.SGD([b], lr=0.1, momentum=0.9, weight_decay=1e-2)
-    for _ in range(3):
-        grad = torch.randn(4, 5)
-        a.grad, b.grad = grad.clone(), grad.clone()
-        mine.step()
-        ref.step()
-    assert torch.allclose(a, b, atol=1e-6)
-
-
 # -- the measurement ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = wd.resolve("book", **TINY)
-    return config, wd.measure(config, cache=False)
+    config = chapter.resolve("book", **TINY)
+    return config, chapter.measure(config, cache=False)
 
 
 def test_measurement_is_tidy_and_deterministic(tiny):
@@ -169,7 +109,7 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     assert {"norm_sq_before", "norm_sq_after", "grad_sq", "w_dot_g", "chord", "lr", "step_scale"} <= set(channels)
     assert len(measured["sgd"]) == config["sgd_steps"] * (4 + 8 + 16)
     assert measured["invariance"].groupby(["dtype", "eps"]).size().tolist() == [6, 6, 6]
-    again = wd.measure(config, cache=False)
+    again = chapter.measure(config, cache=False)
     pd.testing.assert_frame_equal(measured["runs"], again["runs"])
     pd.testing.assert_frame_equal(measured["channels"], again["channels"])
     pd.testing.assert_frame_equal(measured["sgd"], again["sgd"])
@@ -187,22 +127,34 @@ def test_correction_gives_the_wd_runs_effective_step(tiny):
 
 def test_claims_hold_with_the_right_theory(tiny):
     config, measured = tiny
-    verdicts = {c.id: c for c in wd.check_claims(config, measured)}
+    verdicts = {c.id: c for c in chapter.check(config, measured, chapter.predict(config, measured))}
     assert set(verdicts) == {"W.invariance", "W.gradient", "W.eps", "W.angular", "W.recursion", "W.equilibrium",
                              "W.gap", "W.correction"}
     for claim in ("W.invariance", "W.gradient", "W.eps", "W.angular", "W.recursion"):
         assert verdicts[claim].passed, verdicts[claim]
 
 
-def test_a_wrong_prediction_fails_the_check(tiny, monkeypatch):
+class WrongTheory:
+    """normlib.theory, except that BatchNorm's epsilon makes no difference, the chord is twice the first-order
+    angle, and the epsilon term of the norm recursion is 1."""
+
+    def __getattr__(self, name):
+        return getattr(theory, name)
+
+    def bn_eps_ratio(self, variance, eps, scale):
+        return np.ones_like(variance)
+
+    def sgd_step_tangent(self, lr, g, w):
+        return 2 * np.asarray(lr) * np.asarray(g) / np.asarray(w)
+
+    def bn_eps_orthogonality(self, variance, eps, gain_grad):
+        return 0 * np.asarray(gain_grad) + 1.0
+
+
+def test_a_wrong_theory_fails_the_check(tiny):
     config, measured = tiny
-    # claim that BatchNorm's epsilon makes no difference, or that the chord is twice the first-order angle
-    monkeypatch.setattr(theory, "bn_eps_ratio", lambda variance, eps, scale: np.ones_like(variance))
-    monkeypatch.setattr(theory, "sgd_step_tangent", lambda lr, g, w: 2 * np.asarray(lr) * np.asarray(g) / np.asarray(w))
-    monkeypatch.setattr(theory, "bn_eps_orthogonality", lambda v, e, gg: 0 * np.asarray(gg) + 1.0)
-    remeasured = {**measured, "invariance": wd.invariance_frame(
-        config, wd.build_network(config, 3, 10, 0), torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))}
-    verdicts = {c.id: c.passed for c in wd.check_claims(config, remeasured)}
+    wrong = chapter.predict(config, measured, theory=WrongTheory())
+    verdicts = {c.id: c.passed for c in chapter.check(config, measured, wrong)}
     assert not verdicts["W.eps"] and not verdicts["W.angular"] and not verdicts["W.recursion"]
 
 
@@ -214,7 +166,7 @@ def test_gap_needs_to_exceed_the_noise(tiny):
         runs["test_accuracy"] = runs["run"].map({"wd_on": on, "wd_off": off, "corrected": corrected})
         runs.loc[runs.repeat == 1, "test_accuracy"] += 0.001
         fake = {**measured, "runs": runs}
-        verdicts = {c.id: c for c in wd.check_claims(config, fake)}
+        verdicts = {c.id: c for c in chapter.check(config, fake, chapter.predict(config, fake))}
         assert verdicts["W.correction"].passed is expect
         if on > off:
             assert verdicts["W.gap"].passed and math.isclose(verdicts["W.correction"].measured,

@@ -1,15 +1,20 @@
-"""What each notebook measures, one module per notebook, and the registry that maps a notebook to its module.
+"""What each notebook measures, one module per notebook, and the registry that maps a notebook to its experiment.
 
-Every experiment module provides ``NOTEBOOK`` (the notebook's file stem), ``TITLE``, ``SPEC`` (its parameters and
-presets), ``resolve(preset, **overrides)``, ``measure(config)``, ``check_claims(config, measured)`` and
-``evaluate(config)``.
+Every experiment module defines one :class:`~normlib.experiments.protocol.Experiment` subclass and an instance of it,
+``EXPERIMENT``: its parameters (``spec``), ``resolve``, ``measure`` (cached, on any executor), ``predict``,
+``check``, ``summary`` and ``evaluate``. :func:`get_experiment` returns that instance; the notebooks, the
+scorecard and the command line all go through it. The module keeps the chapter's helpers (curves, tables) that
+its notebook draws.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from normlib.experiments.protocol import Experiment
 
 __all__ = ["EXPERIMENTS", "get_experiment", "notebook_stem"]
 
@@ -30,9 +35,9 @@ def notebook_stem(notebook: str | Path) -> str:
     return Path(str(notebook)).name.removesuffix(".md").removesuffix(".ipynb")
 
 
-def get_experiment(notebook: str | Path) -> ModuleType:
-    """The experiment module behind ``notebook``; an unknown one is an error that lists the known notebooks."""
+def get_experiment(notebook: str | Path) -> Experiment:
+    """The experiment behind ``notebook``; an unknown one is an error that lists the known notebooks."""
     stem = notebook_stem(notebook)
     if stem not in EXPERIMENTS:
         raise ValueError(f"unknown notebook {stem!r}; allowed: {', '.join(EXPERIMENTS)}")
-    return importlib.import_module(EXPERIMENTS[stem])
+    return importlib.import_module(EXPERIMENTS[stem]).EXPERIMENT

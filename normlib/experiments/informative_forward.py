@@ -18,6 +18,7 @@ formula). The paper's correlation coefficients are readings off one of its figur
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,12 @@ import torch.nn.functional as F
 from scipy import stats
 from tqdm.auto import tqdm
 
-from normlib import claims, data, layers, models, presets, probes, theory
+from normlib import claims, data, layers, models, presets, probes
+from normlib import theory as default_theory
 from normlib import train as training
-from normlib.cache import cached_call
 from normlib.experiments import checks as shared_checks
-from normlib.params import Param, ParameterError
+from normlib.experiments.protocol import Experiment, Predictions
+from normlib.params import Config, Param, ParameterError
 from normlib.runtime import derive_seed, resolve_device
 from normlib.sweep import sweep
 
@@ -55,7 +57,7 @@ MEAN_FIELD_ABS_TOL = 0.1
 #: among seven group sizes costs 0.04; a reversed half of them much more).
 SPEARMAN_ABS_TOL = 0.2
 
-def train_model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+def train_model_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """``make_cnn`` options of the CNN trained (``norm`` and ``group_size`` are added): the book's small CNN, or the
     uniform CNN measured at initialization (``depth`` and ``width`` from the configuration)."""
     if config["train_cnn"] == "book":
@@ -63,14 +65,14 @@ def train_model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     return {"cfg": "uniform", "depth": config["depth"], "width": config["width"]}
 
 
-def train_widths(config: dict[str, Any]) -> list[int]:
+def train_widths(config: Mapping[str, Any]) -> list[int]:
     """The widths of the trained CNN's layers (a group size must divide each)."""
     if config["train_cnn"] == "book":
-        return sorted({models._entry(e)[0] for e in presets.BOOK_CNN["cfg"]})
+        return sorted({models.cnn_entry(e)[0] for e in presets.BOOK_CNN["cfg"]})
     return [config["width"]]
 
 
-def _check_norms(config: dict[str, Any]) -> None:
+def _check_norms(config: Mapping[str, Any]) -> None:
     for name in ("norms", "train_norms"):
         shared_checks.registered_norms(config, name)
         for norm in config[name]:
@@ -79,7 +81,7 @@ def _check_norms(config: dict[str, Any]) -> None:
                                      f"{', '.join(layers.NORM_NAMES)}: GroupNorm is set by the group sizes")
 
 
-def _check_train_group_sizes(config: dict[str, Any]) -> None:
+def _check_train_group_sizes(config: Mapping[str, Any]) -> None:
     widths = train_widths(config)
     common = min(widths)
     allowed = [d for d in range(1, common + 1) if all(w % d == 0 for w in widths)]
@@ -90,7 +92,7 @@ def _check_train_group_sizes(config: dict[str, Any]) -> None:
                              f"{', '.join(map(str, allowed))}")
 
 
-def _check_pool(config: dict[str, Any]) -> None:
+def _check_pool(config: Mapping[str, Any]) -> None:
     side = 28 if config["dataset"] == "fashion-mnist" else 32
     if side // config["pool"] < 2:
         raise ParameterError(f"parameter 'pool': invalid value {config['pool']!r}; allowed: 1 to {side // 2} "
@@ -126,16 +128,11 @@ SPEC = presets.training_spec(
 )
 
 
-def resolve(preset: str = "book", **overrides: Any) -> dict[str, Any]:
-    """The validated configuration of this notebook (see :meth:`normlib.params.ParamSpec.resolve`)."""
-    return SPEC.resolve(preset, **overrides)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # at initialization
 
 
-def settings(config: dict[str, Any]) -> list[tuple[str, str, int | None]]:
+def settings(config: Mapping[str, Any]) -> list[tuple[str, str, int | None]]:
     """The (key, normalizer, group size) measured at initialization: ``gn1``, ``gn2``, ... then the references."""
     return ([(f"gn{g}", "gn", g) for g in sorted(config["group_sizes"])]
             + [(norm, norm, None) for norm in config["norms"]])
@@ -149,14 +146,14 @@ def label(norm: str, group_size: int | None, width: int | None = None) -> str:
     return f"GN g={group_size}{suffix}"
 
 
-def init_images(config: dict[str, Any]) -> torch.Tensor:
+def init_images(config: Mapping[str, Any]) -> torch.Tensor:
     """The batch seen at initialization: ``batch_size`` class-balanced test images, average-pooled by ``pool``."""
     test = data.load_dataset(config["dataset"], "test", subset=config["batch_size"], seed=config["seed"])
     images = test.images
     return F.avg_pool2d(images, config["pool"]) if config["pool"] > 1 else images
 
 
-def _measure_one(config: dict[str, Any], images: torch.Tensor, key: str, norm: str, group_size: int | None,
+def _measure_one(config: Mapping[str, Any], images: torch.Tensor, key: str, norm: str, group_size: int | None,
                  repeat: int, device: torch.device) -> pd.DataFrame:
     torch.manual_seed(derive_seed(config["seed"], repeat))
     options = {"group_size": group_size} if group_size is not None else {}
@@ -169,7 +166,7 @@ def _measure_one(config: dict[str, Any], images: torch.Tensor, key: str, norm: s
                         repeat=repeat)
 
 
-def measure_uncached(config: dict[str, Any]) -> pd.DataFrame:
+def measure_init(config: Mapping[str, Any]) -> pd.DataFrame:
     """Cosine and stable rank after every layer for every setting and repeat: a tidy frame with columns
     ``setting, norm, group_size, repeat, layer, metric, value`` (group size 0 for the references)."""
     device = resolve_device(config["device"])
@@ -181,18 +178,13 @@ def measure_uncached(config: dict[str, Any]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def measure(config: dict[str, Any], cache: bool = True) -> pd.DataFrame:
-    """:func:`measure_uncached` through the result cache."""
-    return cached_call(measure_uncached, {"config": config}) if cache else measure_uncached(config)
-
-
 def mean_curve(measured: pd.DataFrame, setting: str, metric: str = "cosine") -> np.ndarray:
     """The measured statistic averaged over repeats, indexed by layer (entry 0 is layer 1)."""
     rows = measured[(measured.setting == setting) & (measured.metric == metric)]
     return rows.groupby("layer")["value"].mean().sort_index().to_numpy()
 
 
-def theory_setting(config: dict[str, Any], norm: str, group_size: int | None) -> tuple[str, float] | None:
+def theory_setting(config: Mapping[str, Any], norm: str, group_size: int | None) -> tuple[str, float] | None:
     """How the mean-field model describes a setting: ``("gn", G)``, ``("bn", 0)``, ``("none", 0)``; LayerNorm is
     GroupNorm with ``G`` = the width and InstanceNorm with ``G = 1``; ``None`` for a normalizer it does not cover."""
     if norm == "gn":
@@ -206,28 +198,29 @@ def theory_setting(config: dict[str, Any], norm: str, group_size: int | None) ->
     return None
 
 
-def start_correlations(config: dict[str, Any]) -> theory.Correlations:
-    """The model's initial condition: the correlations of the first convolution's input patches."""
+def start_correlations(config: Mapping[str, Any], theory: Any = default_theory) -> Any:
+    """The model's initial condition (a ``theory.Correlations``): the correlations of the first convolution's input
+    patches."""
     return theory.input_correlations(init_images(config))
 
 
-def predict(config: dict[str, Any], norm: str, group_size: int | None,
-            start: theory.Correlations | None = None) -> np.ndarray | None:
+def predict(config: Mapping[str, Any], norm: str, group_size: int | None, start: Any = None,
+            theory: Any = default_theory) -> np.ndarray | None:
     """Predicted cosine after each layer (derived mean-field model; no constant fitted), or ``None``."""
     described = theory_setting(config, norm, group_size)
     if described is None:
         return None
-    start = start_correlations(config) if start is None else start
+    start = start_correlations(config, theory) if start is None else start
     images_side = (28 if config["dataset"] == "fashion-mnist" else 32) // config["pool"]
     kind, g = described
     return theory.cosine_mean_field(config["depth"], start, kind, group_size=g, positions=images_side**2,
                                     batch=config["batch_size"])
 
 
-def predictions(config: dict[str, Any]) -> dict[str, np.ndarray | None]:
+def predictions(config: Mapping[str, Any], theory: Any = default_theory) -> dict[str, np.ndarray | None]:
     """:func:`predict` for every setting, from one computation of the input correlations."""
-    start = start_correlations(config)
-    return {key: predict(config, norm, g, start) for key, norm, g in settings(config)}
+    start = start_correlations(config, theory)
+    return {key: predict(config, norm, g, start, theory) for key, norm, g in settings(config)}
 
 
 def last_layer(measured: pd.DataFrame, metric: str) -> pd.Series:
@@ -236,7 +229,7 @@ def last_layer(measured: pd.DataFrame, metric: str) -> pd.Series:
     return rows.groupby("setting")["value"].mean()
 
 
-def rank_slope(config: dict[str, Any], measured: pd.DataFrame) -> float:
+def rank_slope(config: Mapping[str, Any], measured: pd.DataFrame) -> float:
     """Least-squares slope of log(stable rank at the last layer) against log(sqrt(width / group size)) over the
     GroupNorm group sizes (NaN with fewer than two)."""
     ranks = last_layer(measured, "stable_rank")
@@ -252,47 +245,48 @@ def rank_slope(config: dict[str, Any], measured: pd.DataFrame) -> float:
 # training
 
 
-def train_runs(config: dict[str, Any]) -> list[tuple[str, str, int | None]]:
+def train_runs(config: Mapping[str, Any]) -> list[tuple[str, str, int | None]]:
     """The (key, normalizer, group size) trained: GroupNorm at each group size, then the other normalizers."""
     return ([(f"gn{g}", "gn", g) for g in sorted(config["train_group_sizes"])]
             + [(norm, norm, None) for norm in config["train_norms"]])
 
 
-def _run_kwargs(config: dict[str, Any], norm: str, group_size: int | None) -> dict[str, Any]:
+def _run_kwargs(config: Mapping[str, Any], norm: str, group_size: int | None) -> dict[str, Any]:
     options = {"group_size": group_size} if group_size is not None else {}
     return {**train_model_kwargs(config), "norm": norm, **options}
 
 
-def train_grid(config: dict[str, Any]) -> list[dict[str, Any]]:
+def train_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One :func:`normlib.train.train_model` call per trained run, as plain JSON (what the sweep and cache key)."""
     train_cfg = presets.train_config(config, progress=False).to_dict()
     return [{"arch": "cnn", "model_kwargs": _run_kwargs(config, norm, g), "dataset": presets.dataset_options(config),
              "config": train_cfg} for _, norm, g in train_runs(config)]
 
 
-def init_cosines_uncached(config: dict[str, Any]) -> list[float]:
+def init_cosines(config: Mapping[str, Any]) -> list[float]:
     """Cosine similarity at the last layer, at initialization, of every trained run: the very weights
     :func:`normlib.train.train_model` starts from (same seed, same build), in training mode, on its first training
     batch (without flips)."""
     train_cfg = presets.train_config(config)
-    train_set, _ = training._load_splits(presets.dataset_options(config), train_cfg.seed)
+    train_set, _ = training.load_splits(presets.dataset_options(config), train_cfg.seed)
     x, _ = next(data.batches(train_set, train_cfg.batch_size, seed=train_cfg.seed, epoch=0))
     values = []
     for _, norm, g in train_runs(config):
         torch.manual_seed(train_cfg.seed)
-        model = models.build_model("cnn", **training._model_kwargs(_run_kwargs(config, norm, g), train_set))
+        model = models.build_model("cnn", **training.model_kwargs_for(_run_kwargs(config, norm, g), train_set))
         model.train()
         frame = probes.probe_model(model, x, metrics=("cosine",))
         values.append(float(frame[frame["index"] == frame["index"].max()]["value"].iloc[0]))
     return values
 
 
-def train_all(config: dict[str, Any], executor: Any = None) -> pd.DataFrame:
-    """Train every run through :func:`normlib.sweep.sweep` (cached; a divergence is recorded, not raised) and return
-    one row per run: ``key, norm, group_size, label, init_cosine, mean_train_acc, test_acc, diverged, steps``."""
+def train_all(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
+    """Train every run through :func:`normlib.sweep.sweep` (each point cached unless ``cache`` is off; a divergence
+    is recorded, not raised) and return one row per run: ``key, norm, group_size, label, init_cosine,
+    mean_train_acc, test_acc, diverged, steps``."""
     grid = train_grid(config)
-    results = sweep(training.train_model, grid, executor=executor, progress=False)["result"]
-    cosines = cached_call(init_cosines_uncached, {"config": config})
+    results = sweep(training.train_model, grid, executor=executor, cache=cache, progress=False)["result"]
+    cosines = init_cosines(config)
     rows = []
     for (key, norm, g), result, cosine in zip(train_runs(config), results, cosines):
         accuracy = result.history["accuracy"]
@@ -327,7 +321,7 @@ def in_paper_figure(trained: pd.DataFrame) -> pd.Series:
     return ~((trained.norm == "in") | ((trained.norm == "gn") & (trained.group_size == 1)))
 
 
-def speed_correlation(config: dict[str, Any], trained: pd.DataFrame,
+def speed_correlation(config: Mapping[str, Any], trained: pd.DataFrame,
                       like_paper: bool = True) -> tuple[float, float, float]:
     """:func:`correlation` of mean training accuracy against cosine at initialization. Runs that diverged are left
     out (their accuracy measures how long they lasted, not how fast they learned), and with ``like_paper`` so is
@@ -345,58 +339,79 @@ def _spearman(x: list[float], y: list[float]) -> float:
     return float(stats.spearmanr(x, y)[0]) if len(x) >= 2 else float("nan")
 
 
-def check_claims(config: dict[str, Any], measured: pd.DataFrame,
-                 trained: pd.DataFrame | None = None) -> list[claims.ClaimCheck]:
-    """The claims of principle B (see the notebook): orderings across group sizes, LayerNorm against InstanceNorm
-    and BatchNorm, the mean-field curves within :data:`MEAN_FIELD_ABS_TOL`, and, when ``trained`` is given, the
-    sign of the similarity-speed correlation."""
-    predicted = predictions(config)
-    n = config["batch_size"]
-    cos_last = last_layer(measured, "cosine")
-    rank_last = last_layer(measured, "stable_rank")
-    sizes = sorted(config["group_sizes"])
-    keys = [f"gn{g}" for g in sizes]
-    checks = []
-    if len(sizes) >= 2:
-        pred_cos = [predicted[k][-1] for k in keys]
-        checks.append(claims.check_close(
-            "B.similarity_rises_with_group_size", PAPER,
-            "the cosine between samples at the last layer rises with GroupNorm's group size (Spearman correlation)",
-            _spearman(sizes, pred_cos), _spearman(sizes, [cos_last[k] for k in keys]), abs_tol=SPEARMAN_ABS_TOL))
-        pred_rank = [float(theory.stable_rank_bound(c, n)) for c in pred_cos]
-        checks.append(claims.check_close(
-            "B.rank_falls_with_group_size", PAPER,
-            "the stable rank at the last layer falls as the group size grows (Spearman correlation)",
-            _spearman(sizes, pred_rank), _spearman(sizes, [rank_last[k] for k in keys]), abs_tol=SPEARMAN_ABS_TOL))
-    if 1 in sizes and config["width"] in sizes:
-        others = ["gn1"] + (["bn"] if "bn" in config["norms"] else [])
-        pred_gap = predicted[f"gn{config['width']}"][-1] - max(predicted[k][-1] for k in others)
-        meas_gap = cos_last[f"gn{config['width']}"] - max(cos_last[k] for k in others)
-        checks.append(claims.check_true(
-            "B.ln_above_in_bn", PAPER,
-            "LayerNorm's cosine at the last layer ends above InstanceNorm's"
-            + (" and BatchNorm's" if "bn" in others else "") + " (gap LN - max of them)",
-            pred_gap, meas_gap, meas_gap > 0, "measured gap > 0"))
-    for key, norm, g in settings(config):
-        if predicted[key] is None:
-            continue
-        worst = int(np.argmax(np.abs(mean_curve(measured, key) - predicted[key])))
-        checks.append(claims.check_close(
-            f"B.mean_field.{key}", PAPER,
-            f"{label(norm, g, config['width'])}: measured cosine follows the mean-field curve at every layer "
-            f"(worst layer shown)",
-            predicted[key][worst], mean_curve(measured, key)[worst], abs_tol=MEAN_FIELD_ABS_TOL))
-    if trained is not None:
-        r, low, high = speed_correlation(config, trained)
-        checks.append(claims.check_true(
-            "B.similarity_slows_training", PAPER,
-            "mean training accuracy falls as the cosine at initialization rises: Pearson r < 0 over the runs the "
-            "paper's figure has (no InstanceNorm; predicted: the paper's r for its 10-layer CNN, read off a figure)",
-            PAPER_R["10-layer CNN"], r, bool(np.isfinite(high) and high < 0), "95% bootstrap interval below 0",
-            source="paper"))
-    return checks
+class InformativeForward(Experiment):
+    """Principle B: similarity between samples and rank at initialization, and what it does to training speed."""
+
+    notebook = NOTEBOOK
+    title = TITLE
+    paper = PAPER
+    spec = SPEC
+
+    def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
+        """``{"init": measure_init(config), "trained": train_all(config)}``; the training runs go to
+        ``executor``, cached one by one."""
+        return {"init": measure_init(config), "trained": train_all(config, executor, cache)}
+
+    def predict(self, config: Config, measured: Any = None, *, theory: Any = default_theory) -> Predictions:
+        """``curves``: the mean-field cosine after every layer per setting (``None`` where the model has no
+        description); ``ranks``: the stable-rank bound at the last layer for every GroupNorm size."""
+        curves = predictions(config, theory)
+        n = config["batch_size"]
+        ranks = {g: float(theory.stable_rank_bound(curves[f"gn{g}"][-1], n)) for g in config["group_sizes"]}
+        return {"curves": curves, "ranks": ranks}
+
+    def check(self, config: Config, measured: Mapping[str, pd.DataFrame], predicted: Predictions
+              ) -> list[claims.ClaimCheck]:
+        """The claims of principle B (see the notebook): orderings across group sizes, LayerNorm against
+        InstanceNorm and BatchNorm, the mean-field curves within :data:`MEAN_FIELD_ABS_TOL`, and, when
+        ``measured`` holds ``trained``, the sign of the similarity-speed correlation."""
+        curves = predicted["curves"]
+        init, trained = measured["init"], measured.get("trained")
+        cos_last = last_layer(init, "cosine")
+        rank_last = last_layer(init, "stable_rank")
+        sizes = sorted(config["group_sizes"])
+        keys = [f"gn{g}" for g in sizes]
+        checks = []
+        if len(sizes) >= 2:
+            pred_cos = [curves[k][-1] for k in keys]
+            checks.append(claims.check_close(
+                "B.similarity_rises_with_group_size", PAPER,
+                "the cosine between samples at the last layer rises with GroupNorm's group size (Spearman "
+                "correlation)", _spearman(sizes, pred_cos), _spearman(sizes, [cos_last[k] for k in keys]),
+                abs_tol=SPEARMAN_ABS_TOL))
+            pred_rank = [predicted["ranks"][g] for g in sizes]
+            checks.append(claims.check_close(
+                "B.rank_falls_with_group_size", PAPER,
+                "the stable rank at the last layer falls as the group size grows (Spearman correlation)",
+                _spearman(sizes, pred_rank), _spearman(sizes, [rank_last[k] for k in keys]),
+                abs_tol=SPEARMAN_ABS_TOL))
+        if 1 in sizes and config["width"] in sizes:
+            others = ["gn1"] + (["bn"] if "bn" in config["norms"] else [])
+            pred_gap = curves[f"gn{config['width']}"][-1] - max(curves[k][-1] for k in others)
+            meas_gap = cos_last[f"gn{config['width']}"] - max(cos_last[k] for k in others)
+            checks.append(claims.check_true(
+                "B.ln_above_in_bn", PAPER,
+                "LayerNorm's cosine at the last layer ends above InstanceNorm's"
+                + (" and BatchNorm's" if "bn" in others else "") + " (gap LN - max of them)",
+                pred_gap, meas_gap, meas_gap > 0, "measured gap > 0"))
+        for key, norm, g in settings(config):
+            if curves[key] is None:
+                continue
+            worst = int(np.argmax(np.abs(mean_curve(init, key) - curves[key])))
+            checks.append(claims.check_close(
+                f"B.mean_field.{key}", PAPER,
+                f"{label(norm, g, config['width'])}: measured cosine follows the mean-field curve at every layer "
+                f"(worst layer shown)",
+                curves[key][worst], mean_curve(init, key)[worst], abs_tol=MEAN_FIELD_ABS_TOL))
+        if trained is not None:
+            r, low, high = speed_correlation(config, trained)
+            checks.append(claims.check_true(
+                "B.similarity_slows_training", PAPER,
+                "mean training accuracy falls as the cosine at initialization rises: Pearson r < 0 over the runs "
+                "the paper's figure has (no InstanceNorm; predicted: the paper's r for its 10-layer CNN, read off a "
+                "figure)", PAPER_R["10-layer CNN"], r, bool(np.isfinite(high) and high < 0),
+                "95% bootstrap interval below 0", source="paper"))
+        return checks
 
 
-def evaluate(config: dict[str, Any]) -> list[claims.ClaimCheck]:
-    """Measure and train (through the result cache) and check every claim of this notebook."""
-    return check_claims(config, measure(config), train_all(config))
+EXPERIMENT = InformativeForward()

@@ -24,6 +24,7 @@ Fashion-MNIST; the paper: ResNet-110 on CIFAR-10):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normlib import claims, data, layers, models, presets, theory
-from normlib.cache import cached_call
+from normlib import claims, data, layers, models, presets
+from normlib import theory as default_theory
 from normlib.experiments import checks as shared_checks
-from normlib.params import Param, ParameterError
+from normlib.experiments.protocol import Experiment, Predictions
+from normlib.params import Config, Param, ParameterError
 from normlib.runtime import derive_seed, resolve_device
 from normlib.sweep import sweep
 from normlib.train import train_model
@@ -47,7 +49,7 @@ BASELINE = "none"
 ARCHS = ("cnn", "resnet")
 
 
-def _check_arch(config: dict[str, Any]) -> None:
+def _check_arch(config: Mapping[str, Any]) -> None:
     if config["arch"] == "resnet":
         shared_checks.resnet_depth(config)
         shared_checks.resnet_widths(config)
@@ -56,7 +58,7 @@ def _check_arch(config: dict[str, Any]) -> None:
                              "plain CNN's two stages (e.g. [16, 32]), or three with arch='resnet'")
 
 
-def _check_noise(config: dict[str, Any]) -> None:
+def _check_noise(config: Mapping[str, Any]) -> None:
     too_big = [b for b in config["noise_batch_sizes"] if b >= config["noise_pool"]]
     if too_big:
         raise ParameterError(f"parameter 'noise_batch_sizes': {too_big[0]} is not below noise_pool "
@@ -66,7 +68,7 @@ def _check_noise(config: dict[str, Any]) -> None:
                              "least two distinct values each (the laws are slopes)")
 
 
-def _check_grids(config: dict[str, Any]) -> None:
+def _check_grids(config: Mapping[str, Any]) -> None:
     for name in ("step_sizes", "learning_rates", "noise_step_sizes"):
         if any(v <= 0 for v in config[name]):
             raise ParameterError(f"parameter {name!r}: invalid value {config[name]!r}; allowed: positive numbers")
@@ -116,11 +118,6 @@ SPEC = presets.training_spec(extra_params=OWN_PARAMS, book=BOOK, paper=PAPER_VAL
                              checks=(shared_checks.normalizer_against_none, _check_arch, _check_noise, _check_grids))
 
 
-def resolve(preset: str = "book", **overrides: Any) -> dict[str, Any]:
-    """The validated configuration of this notebook (see :meth:`normlib.params.ParamSpec.resolve`)."""
-    return SPEC.resolve(preset, **overrides)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The networks
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,14 +129,14 @@ def cnn_cfg(depth: int, widths: list[int]) -> list:
     return [[widths[0], 2]] + [widths[0]] * (first - 1) + [[widths[1], 2]] + [widths[1]] * (depth - first - 1)
 
 
-def model_options(config: dict[str, Any], norm: str) -> tuple[str, dict[str, Any]]:
+def model_options(config: Mapping[str, Any], norm: str) -> tuple[str, dict[str, Any]]:
     """``(arch, model_kwargs)`` of :func:`normlib.train.train_model` for ``norm`` (plain JSON)."""
     if config["arch"] == "cnn":
         return "cnn", {"cfg": cnn_cfg(config["depth"], config["widths"]), "norm": norm}
     return "resnet", {"depth": config["depth"], "widths": list(config["widths"]), "norm": norm}
 
 
-def build(config: dict[str, Any], norm: str, dataset: data.Dataset, seed: int) -> nn.Module:
+def build(config: Mapping[str, Any], norm: str, dataset: data.Dataset, seed: int) -> nn.Module:
     """A freshly initialized network with ``norm`` for ``dataset`` (seeded)."""
     arch, kwargs = model_options(config, norm)
     if arch == "cnn":
@@ -148,7 +145,7 @@ def build(config: dict[str, Any], norm: str, dataset: data.Dataset, seed: int) -
     return models.build_model(arch, in_channels=dataset.channels, num_classes=dataset.num_classes, **kwargs)
 
 
-def _pool(config: dict[str, Any], size: int, stream: int) -> data.Dataset:
+def _pool(config: Mapping[str, Any], size: int, stream: int) -> data.Dataset:
     options = {"shape": (1, 28, 28)} if config["dataset"] == "synthetic" else {}
     return data.load_dataset(config["dataset"], "train", subset=size, seed=derive_seed(config["seed"], stream),
                              **options)
@@ -190,7 +187,7 @@ def divergence_threshold(step_sizes: list[float], ratios: np.ndarray, limit: flo
     return float("nan")
 
 
-def _divergence_frame(config: dict[str, Any], device: torch.device) -> pd.DataFrame:
+def _divergence_frame(config: Mapping[str, Any], device: torch.device) -> pd.DataFrame:
     pool = _pool(config, config["batch_size"] * config["divergence_batches"], stream=11)
     rows = []
     for norm in (config["norm"], BASELINE):
@@ -220,7 +217,7 @@ def train_point(norm: str, lr: float, arch: str, model: dict[str, Any], dataset:
             "steps": int(len(result.history)), "loss": [float(v) for v in result.history["loss"]]}
 
 
-def training_grid(config: dict[str, Any]) -> list[dict[str, Any]]:
+def training_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every (network, learning rate) point with the JSON arguments of :func:`train_point`."""
     points = []
     for norm in (config["norm"], BASELINE):
@@ -232,7 +229,7 @@ def training_grid(config: dict[str, Any]) -> list[dict[str, Any]]:
     return points
 
 
-def _train_frame(config: dict[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
+def _train_frame(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
     swept = sweep(train_point, training_grid(config), executor=executor, cache=cache, progress=False,
                   desc="training grid")
     outcome = pd.DataFrame(list(swept["result"]))
@@ -282,7 +279,7 @@ def sgd_step_deviation(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     return float(((moved.double() + step_size * full_gradient.double()) ** 2).sum())
 
 
-def _noise_frames(config: dict[str, Any], device: torch.device) -> dict[str, pd.DataFrame]:
+def _noise_frames(config: Mapping[str, Any], device: torch.device) -> dict[str, pd.DataFrame]:
     pool = _pool(config, config["noise_pool"], stream=21)
     model = build(config, BASELINE, pool, derive_seed(config["seed"], 22)).to(device)
     model.eval()  # no normalizer, no dropout: the mode changes nothing, but says no statistics are updated
@@ -313,7 +310,7 @@ def _noise_frames(config: dict[str, Any], device: torch.device) -> dict[str, pd.
 # Measure
 # ----------------------------------------------------------------------------------------------------------------
 
-def measure_uncached(config: dict[str, Any], executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
+def measure_all(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
     """``{"divergence", "train", "noise", "noise_steps", "noise_variance"}`` (see the module doc); ``cache``
     applies to the training sweep's points."""
     device = resolve_device(config["device"])
@@ -321,18 +318,11 @@ def measure_uncached(config: dict[str, Any], executor: Any = None, cache: bool =
             **_noise_frames(config, device)}
 
 
-def measure(config: dict[str, Any], cache: bool = True, executor: Any = None) -> dict[str, pd.DataFrame]:
-    """:func:`measure_uncached` through the result cache (the training points are also cached one by one)."""
-    if cache:
-        return cached_call(measure_uncached, {"config": config})
-    return measure_uncached(config, executor=executor, cache=False)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Summaries and claims
 # ----------------------------------------------------------------------------------------------------------------
 
-def thresholds(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def thresholds(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Divergence threshold per network and mini-batch (NaN: beyond the grid)."""
     rows = []
     for (norm, batch), frame in measured["divergence"].groupby(["norm", "batch"], sort=False):
@@ -341,7 +331,7 @@ def thresholds(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> pd.
     return pd.DataFrame(rows)
 
 
-def threshold_ratio(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> tuple[float, bool]:
+def threshold_ratio(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -> tuple[float, bool]:
     """``(ratio, censored)``: the median over mini-batches of the normalized network's threshold over the
     unnormalized one's. A threshold beyond the grid counts as the grid's largest step, so a censored ratio is a
     lower bound (``censored`` True); NaN when the unnormalized network never diverges on the grid."""
@@ -370,8 +360,9 @@ def best_learning_rate(measured: dict[str, pd.DataFrame], norm: str) -> float:
     return float(column.idxmin()) if column.notna().any() else float("nan")
 
 
-def noise_summary(measured: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per batch size: mean measured noise, its standard error, the exact finite-pool law and the paper's bound."""
+def noise_summary(measured: dict[str, pd.DataFrame], theory: Any = default_theory) -> pd.DataFrame:
+    """Per batch size: mean measured noise, its standard error, the exact finite-pool law (``predicted``) and the
+    paper's bound, both from ``theory`` with the measured per-example gradient variance."""
     info = measured["noise_variance"].iloc[0]
     stats = measured["noise"].groupby("batch_size")["noise"].agg(["mean", "std", "count"]).reset_index()
     sizes = stats["batch_size"].to_numpy(dtype=float)
@@ -416,44 +407,64 @@ NOISE_SLOPE_TOL = 0.15
 NOISE_LEVEL_REL_TOL = 0.20
 
 
-def check_claims(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> list[claims.ClaimCheck]:
-    """L.threshold, L.small_lr, L.best_lr, L.noise_batch, L.noise_level, L.noise_step (see the notebook)."""
-    title = layers.norm_info(config["norm"]).title
-    ratio, censored = threshold_ratio(config, measured)
-    checks = [claims.check_at_least(
-        "L.threshold", PAPER,
-        f"at initialization the network without a normalizer diverges at step sizes at least "
-        f"{THRESHOLD_RATIO_MIN:g}x smaller than with {title}" + (" (measured: a lower bound, the normalized network "
-                                                                  "never diverged on the grid)" if censored else ""),
-        THRESHOLD_RATIO_MIN, ratio, source="paper")]
+class LargeLearningRates(Experiment):
+    """Bjorck et al.: BatchNorm's benefit is the learning rate it allows; divergence at init; SGD noise."""
 
-    table = accuracy_table(measured)
-    smallest = min(config["learning_rates"])
-    gap = float(abs(table.loc[smallest, config["norm"]] - table.loc[smallest, BASELINE]))
-    checks.append(claims.check_at_most(
-        "L.small_lr", PAPER, f"at the smallest learning rate ({smallest:g}) both networks reach about the same "
-        "test accuracy (absolute gap)", SMALL_LR_GAP_MAX, gap, source="paper"))
-    best_ratio = best_learning_rate(measured, config["norm"]) / best_learning_rate(measured, BASELINE)
-    checks.append(claims.check_at_least(
-        "L.best_lr", PAPER, f"the best learning rate (lowest final training loss) with {title} is at least "
-        f"{BEST_LR_RATIO_MIN:g}x the best one without a normalizer", BEST_LR_RATIO_MIN, best_ratio, source="paper"))
+    notebook = NOTEBOOK
+    title = TITLE
+    paper = PAPER
+    spec = SPEC
 
-    checks.append(claims.check_close(
-        "L.noise_batch", PAPER, "SGD noise scales as 1/|B| (log-log slope against the batch size, finite-pool "
-        "factor removed)", -1.0, noise_batch_slope(measured), abs_tol=NOISE_SLOPE_TOL, source="paper"))
-    stats = noise_summary(measured)
-    level = float(np.exp(np.mean(np.log(stats["mean"] / stats["predicted"]))))
-    checks.append(claims.check_close(
-        "L.noise_level", "derived", "the measured noise equals C/|B| x (N-|B|)/(N-1) (geometric mean of "
-        "measured/predicted over batch sizes; below the paper's bound C/|B|)", 1.0, level,
-        rel_tol=NOISE_LEVEL_REL_TOL, source="derived"))
-    checks.append(claims.check_close(
-        "L.noise_step", PAPER, "the deviation of a real SGD step from the full-gradient step scales as alpha^2 "
-        "(log-log slope; independent mini-batches at each step size)", 2.0, noise_step_slope(measured),
-        abs_tol=NOISE_SLOPE_TOL, source="paper"))
-    return checks
+    def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
+        """:func:`measure_all`: the training grid runs on ``executor``, its points cached one by one."""
+        return measure_all(config, executor, cache)
+
+    def predict(self, config: Config, measured: Any, *, theory: Any = default_theory) -> Predictions:
+        """The noise laws: slopes -1 in the batch size (``L.noise_batch``) and 2 in the step size
+        (``L.noise_step``), and ``noise``, the exact finite-pool noise per batch size from the measured gradient
+        variance (``L.noise_level`` compares the measurement with it: ratio 1)."""
+        return {"L.noise_batch": -1.0, "L.noise_step": 2.0, "L.noise_level": 1.0,
+                "noise": noise_summary(measured, theory)["predicted"].to_numpy()}
+
+    def check(self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
+              ) -> list[claims.ClaimCheck]:
+        """L.threshold, L.small_lr, L.best_lr, L.noise_batch, L.noise_level, L.noise_step (see the notebook)."""
+        title = layers.norm_info(config["norm"]).title
+        ratio, censored = threshold_ratio(config, measured)
+        checks = [claims.check_at_least(
+            "L.threshold", PAPER,
+            f"at initialization the network without a normalizer diverges at step sizes at least "
+            f"{THRESHOLD_RATIO_MIN:g}x smaller than with {title}"
+            + (" (measured: a lower bound, the normalized network never diverged on the grid)" if censored else ""),
+            THRESHOLD_RATIO_MIN, ratio, source="paper")]
+
+        table = accuracy_table(measured)
+        smallest = min(config["learning_rates"])
+        gap = float(abs(table.loc[smallest, config["norm"]] - table.loc[smallest, BASELINE]))
+        checks.append(claims.check_at_most(
+            "L.small_lr", PAPER, f"at the smallest learning rate ({smallest:g}) both networks reach about the same "
+            "test accuracy (absolute gap)", SMALL_LR_GAP_MAX, gap, source="paper"))
+        best_ratio = best_learning_rate(measured, config["norm"]) / best_learning_rate(measured, BASELINE)
+        checks.append(claims.check_at_least(
+            "L.best_lr", PAPER, f"the best learning rate (lowest final training loss) with {title} is at least "
+            f"{BEST_LR_RATIO_MIN:g}x the best one without a normalizer", BEST_LR_RATIO_MIN, best_ratio,
+            source="paper"))
+
+        checks.append(claims.check_close(
+            "L.noise_batch", PAPER, "SGD noise scales as 1/|B| (log-log slope against the batch size, finite-pool "
+            "factor removed)", predicted["L.noise_batch"], noise_batch_slope(measured), abs_tol=NOISE_SLOPE_TOL,
+            source="paper"))
+        stats = noise_summary(measured)
+        level = float(np.exp(np.mean(np.log(stats["mean"] / pd.Series(predicted["noise"], index=stats.index)))))
+        checks.append(claims.check_close(
+            "L.noise_level", "derived", "the measured noise equals C/|B| x (N-|B|)/(N-1) (geometric mean of "
+            "measured/predicted over batch sizes; below the paper's bound C/|B|)", predicted["L.noise_level"],
+            level, rel_tol=NOISE_LEVEL_REL_TOL, source="derived"))
+        checks.append(claims.check_close(
+            "L.noise_step", PAPER, "the deviation of a real SGD step from the full-gradient step scales as alpha^2 "
+            "(log-log slope; independent mini-batches at each step size)", predicted["L.noise_step"],
+            noise_step_slope(measured), abs_tol=NOISE_SLOPE_TOL, source="paper"))
+        return checks
 
 
-def evaluate(config: dict[str, Any]) -> list[claims.ClaimCheck]:
-    """Measure (through the result cache) and check every claim of this notebook."""
-    return check_claims(config, measure(config))
+EXPERIMENT = LargeLearningRates()

@@ -8,16 +8,17 @@ What is measured:
   every ``n`` of ``const_ns`` (values per channel), against the paper's target 1 and the exact expectations of
   :mod:`normlib.theory.lp` (derived).
 * **Float16 overflow.** A channel's scaled deviation computed in float16 with an *emulated float16 accumulator*
-  (:func:`fp16_tree_sum`: pairwise summation in which every partial sum is rounded to float16), for L2 (sum of
-  squares) and L1 (sum of absolute values), on Gaussian data of standard deviation ``sigmas``: the size ``n`` at which
-  each sum first overflows (bisection), and the relative error of :math:`s` over a grid of ``n``. Torch's own CPU
-  reductions on float16 tensors accumulate in float32 and round only the result (checked by
-  :func:`torch_half_sum_accumulates_in_float32`), so they cannot show this; they are measured too, as the "fp32
-  accumulator" that the paper's failing L2 runs used.
+  (:func:`normlib.numerics.fp16_tree_sum`: pairwise summation in which every partial sum is rounded to float16), for
+  L2 (sum of squares) and L1 (sum of absolute values), on Gaussian data of standard deviation ``sigmas``: the size
+  ``n`` at which each sum first overflows (bisection), and the relative error of :math:`s` over a grid of ``n``.
+  Torch's own CPU reductions on float16 tensors accumulate in float32 and round only the result (checked by
+  :func:`normlib.numerics.torch_half_sum_accumulates_in_float32`), so they cannot show this; they are measured too,
+  as the "fp32 accumulator" that the paper's failing L2 runs used.
 * **Training.** The same model and data with each normalizer of ``norms`` in float32, and with each of
   ``lowp_norms`` in reduced precision (``lowp_dtype`` under :func:`torch.autocast`, through
-  :class:`ReducedPrecision`, which wraps the model and leaves :mod:`normlib.train` unchanged). Each run is one point
-  of :func:`normlib.sweep.sweep` (cached, on any executor); a diverged run is a result, recorded with its step.
+  :class:`normlib.numerics.ReducedPrecision`, which wraps the model and leaves :mod:`normlib.train` unchanged). Each
+  run is one point of :func:`normlib.sweep.sweep` (cached, on any executor); a diverged run is a result, recorded
+  with its step.
 
 The predictions come from :mod:`normlib.theory.lp`; :math:`C_{L^1}` and :math:`C_{L^\infty}(n)` are the paper's
 (code's) constants, every expectation and overflow size is derived in this book.
@@ -26,6 +27,7 @@ The predictions come from :mod:`normlib.theory.lp`; :math:`C_{L^1}` and :math:`C
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -33,10 +35,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from normlib import claims, data, layers, models, presets
+from normlib import claims, layers, models, presets
 from normlib import train as training
-from normlib.cache import cached_call
-from normlib.params import Param, ParameterError
+from normlib import theory as default_theory
+from normlib.experiments.protocol import Experiment, Predictions
+from normlib.numerics import ACCUMULATORS, ReducedPrecision, fp16_mean
+from normlib.params import Config, Param, ParameterError
 from normlib.runtime import derive_seed
 from normlib.sweep import sweep
 from normlib.theory import lp
@@ -81,21 +85,21 @@ ACC_MARGIN = 0.02
 
 # ---------------------------------------------------------------------------------------------- parameters
 
-def _check_const_ns(config: dict[str, Any]) -> None:
+def _check_const_ns(config: Mapping[str, Any]) -> None:
     bad = [n for n in config["const_ns"] if n < max(2, config["topk"])]
     if bad:
         raise ParameterError(f"parameter 'const_ns': invalid value {bad[0]!r}; allowed: integers >= 2 and >= "
                              f"topk={config['topk']} (Top-k needs k values per channel)")
 
 
-def _check_resnet_depth(config: dict[str, Any]) -> None:
+def _check_resnet_depth(config: Mapping[str, Any]) -> None:
     depth = config["resnet_depth"]
     if (depth - 2) % 6:
         raise ParameterError(f"parameter 'resnet_depth': invalid value {depth!r}; allowed: 6n+2 "
                              f"(e.g. {', '.join(map(str, models.RESNET_DEPTH_EXAMPLES))})")
 
 
-def _check_lowp_device(config: dict[str, Any]) -> None:
+def _check_lowp_device(config: Mapping[str, Any]) -> None:
     if config["lowp_dtype"] == "float16" and config["device"] == "cpu":
         raise ParameterError("parameter 'lowp_dtype': invalid value 'float16' on device 'cpu' (float16 autocast "
                              "convolutions on a CPU run about 500x slower than float32); allowed: 'bfloat16' on the "
@@ -140,11 +144,6 @@ SPEC = presets.training_spec(extra_params=OWN_PARAMS, book=BOOK, paper=PAPER_VAL
                              checks=(_check_const_ns, _check_resnet_depth, _check_lowp_device))
 
 
-def resolve(preset: str = "book", **overrides: Any) -> dict[str, Any]:
-    """The validated configuration of this notebook (see :meth:`normlib.params.ParamSpec.resolve`)."""
-    return SPEC.resolve(preset, **overrides)
-
-
 # ---------------------------------------------------------------------------------------------- constants
 
 def _deviation_modules(k: int) -> dict[str, nn.Module]:
@@ -161,18 +160,18 @@ def scaled_deviations(x: Tensor, k: int) -> dict[str, Tensor]:
     return out
 
 
-def predicted_ratio(deviation: str, n: int, k: int) -> float:
+def predicted_ratio(deviation: str, n: int, k: int, theory: Any = default_theory) -> float:
     """The derived expectation of ``s / sigma`` (:mod:`normlib.theory.lp`)."""
     if deviation == "l2":
-        return lp.l2_deviation_ratio(n)
+        return theory.l2_deviation_ratio(n)
     if deviation == "l1":
-        return lp.l1_deviation_ratio(n)
+        return theory.l1_deviation_ratio(n)
     if deviation == "linf":
-        return lp.linf_deviation_ratio(n)
-    return lp.topk_deviation_ratio(n, k)
+        return theory.linf_deviation_ratio(n)
+    return theory.topk_deviation_ratio(n, k)
 
 
-def _constants_frame(config: dict[str, Any]) -> pd.DataFrame:
+def _constants_frame(config: Mapping[str, Any]) -> pd.DataFrame:
     """One row per (deviation, n): Monte-Carlo mean and standard error of ``s / sigma`` over ``const_repeats``
     channels of standard Gaussian data, in float64."""
     rows = []
@@ -194,53 +193,24 @@ def _constants_frame(config: dict[str, Any]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- float16
 
-def fp16_tree_sum(values: Tensor) -> Tensor:
-    r"""Sum over the last dimension with a **float16 accumulator**: the values are rounded to float16, then added
-    pairwise, :math:`(v_1 + v_2) + (v_3 + v_4) + \dots`, level by level, each addition of two float16 tensors
-    rounding its result to float16 (overflowing to ``inf`` from 65520 on). Pairwise (tree) summation is how a GPU
-    reduction combines partial sums; a sequential float16 accumulator would in addition stop growing once the sum's
-    spacing exceeds twice the terms ("swamping"). Returns a float16 tensor of the leading shape."""
-    x = values.to(torch.float16)
-    if x.shape[-1] == 0:
-        return x.sum(dim=-1)
-    while x.shape[-1] > 1:
-        if x.shape[-1] % 2:
-            x = torch.cat([x, x.new_zeros(*x.shape[:-1], 1)], dim=-1)
-        x = x[..., 0::2] + x[..., 1::2]
-    return x[..., 0]
-
-
-def torch_half_sum_accumulates_in_float32() -> bool:
-    """Whether torch's own ``sum`` of a float16 tensor accumulates in float32 here: 3001 ones sum to 3000 (3001
-    rounded to float16) with a float32 accumulator, to 2048 with a sequential float16 one; 70 000 ones give ``inf``
-    either way (the result is float16)."""
-    return float(torch.ones(3001, dtype=torch.float16).sum()) == 3000.0
-
-
 def fp16_deviation(x: Tensor, kind: str, accumulator: str) -> Tensor:
     r"""The scaled deviation of each row of ``x`` (shape ``(R, n)``) computed in float16.
 
     The values are rounded to float16 and every elementwise step is a float16 operation. Every average
-    :math:`\mathrm{avg}(v) = \frac1n\sum v` is, with ``accumulator="fp16"``, :func:`fp16_tree_sum` followed by one
-    float16 multiplication by the scalar :math:`1/n` (torch computes scalar operations in float32 and rounds once),
-    so it overflows with its sum; with ``"fp32"`` it is torch's float16 ``mean`` (sum and division in float32, only
-    the result rounded to float16). Mean :math:`m = \mathrm{avg}(x)`; L2: :math:`s = \sqrt{\mathrm{avg}((x - m)^2)}`;
-    L1: :math:`s = C_{L^1}\,\mathrm{avg}(|x - m|)`. An overflow gives ``s = inf``. Returned as float64 (``inf``
-    kept).
+    :math:`\mathrm{avg}(v) = \frac1n\sum v` is :func:`normlib.numerics.fp16_mean` with ``accumulator``: with
+    ``"fp16"`` the float16 :func:`~normlib.numerics.fp16_tree_sum` times :math:`1/n`, so it overflows with its sum;
+    with ``"fp32"`` torch's float16 ``mean`` (sum and division in float32, only the result rounded to float16).
+    Mean :math:`m = \mathrm{avg}(x)`; L2: :math:`s = \sqrt{\mathrm{avg}((x - m)^2)}`; L1:
+    :math:`s = C_{L^1}\,\mathrm{avg}(|x - m|)`. An overflow gives ``s = inf``. Returned as float64 (``inf`` kept).
     """
-    if kind not in ("l2", "l1") or accumulator not in ("fp16", "fp32"):
+    if kind not in ("l2", "l1") or accumulator not in ACCUMULATORS:
         raise ValueError(f"kind must be l2 or l1 and accumulator fp16 or fp32, got {kind!r}, {accumulator!r}")
     h = x.to(torch.float16)
-    n = h.shape[-1]
-
-    def average(v: Tensor) -> Tensor:
-        return fp16_tree_sum(v) * (1.0 / n) if accumulator == "fp16" else v.mean(dim=-1)
-
-    centred = h - average(h)[..., None]
+    centred = h - fp16_mean(h, accumulator)[..., None]
     if kind == "l2":
-        dev = torch.sqrt(average(centred * centred))
+        dev = torch.sqrt(fp16_mean(centred * centred, accumulator))
     else:
-        dev = average(centred.abs()) * lp.C_L1
+        dev = fp16_mean(centred.abs(), accumulator) * lp.C_L1
     return dev.to(torch.float64)
 
 
@@ -289,7 +259,7 @@ def window_sizes(sigma: float) -> list[int]:
     return sorted({int(round(v)) for v in np.geomspace(lo, hi, WINDOW_POINTS)})
 
 
-def _overflow_frames(config: dict[str, Any]) -> dict[str, pd.DataFrame]:
+def _overflow_frames(config: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     sigmas, repeats = config["sigmas"], config["overflow_repeats"]
     thresholds, curves, windows = [], [], []
     for i, sigma in enumerate(sigmas):
@@ -316,35 +286,7 @@ def _overflow_frames(config: dict[str, Any]) -> dict[str, pd.DataFrame]:
 
 # ---------------------------------------------------------------------------------------------- training
 
-class ReducedPrecision(nn.Module):
-    """Runs ``model``'s forward under ``torch.autocast(device_type, dtype)`` and returns float32 logits.
-
-    Under CPU autocast, convolutions and linear layers run in ``dtype``; the normalizers receive ``dtype`` tensors
-    and compute in that dtype, except that torch's reductions (means, sums) accumulate in float32 internally. The
-    parameters, the optimizer and the backward's weight updates stay float32 (mixed precision), and there is no loss
-    scaling (:mod:`normlib.train` has none). ``probe_points``/``conv_points`` are the wrapped model's.
-    """
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.model = model
-        self.dtype = dtype
-
-    def forward(self, x: Tensor) -> Tensor:
-        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
-            return self.model(x).float()
-
-    def probe_points(self):
-        return self.model.probe_points()
-
-    def conv_points(self):
-        return self.model.conv_points()
-
-    def extra_repr(self) -> str:
-        return f"dtype={self.dtype}"
-
-
-def model_options(config: dict[str, Any]) -> dict[str, Any]:
+def model_options(config: Mapping[str, Any]) -> dict[str, Any]:
     """``arch`` and the JSON options of :func:`normlib.models.build_model` (without ``norm``)."""
     if config["arch"] == "cnn":
         return {"arch": "cnn", "cfg": [list(e) if isinstance(e, tuple) else e for e in presets.BOOK_CNN["cfg"]],
@@ -353,33 +295,17 @@ def model_options(config: dict[str, Any]) -> dict[str, Any]:
     return {"arch": "resnet", "depth": config["resnet_depth"], "widths": [width, 2 * width, 4 * width]}
 
 
-def _load(dataset: dict[str, Any], seed: int) -> tuple[data.Dataset, data.Dataset]:
-    common = {k: v for k, v in dataset.items() if k not in ("subset", "test_subset")}
-    if isinstance(common.get("shape"), list):  # JSON lists: load_dataset wants a tuple
-        common["shape"] = tuple(common["shape"])
-    return (data.load_dataset(split="train", subset=dataset.get("subset"), seed=seed, **common),
-            data.load_dataset(split="test", subset=dataset.get("test_subset"), seed=seed, **common))
-
-
-def _build(norm: str, model: dict[str, Any], train_set: data.Dataset) -> nn.Module:
-    options = {k: v for k, v in model.items() if k != "arch"}
-    if "cfg" in options:
-        options["cfg"] = [tuple(e) if isinstance(e, list) else e for e in options["cfg"]]
-    if "widths" in options:
-        options["widths"] = tuple(options["widths"])
-    return models.build_model(model["arch"], norm=norm, in_channels=train_set.channels,
-                              num_classes=train_set.num_classes, **options)
-
-
 def train_point(norm: str, precision: str, model: dict[str, Any], dataset: dict[str, Any],
                 train: dict[str, Any]) -> dict[str, Any]:
     """One training run (module level, so that :func:`normlib.sweep.sweep` can send it to workers): ``norm`` in
-    ``precision`` (``float32``, or a reduced dtype through :class:`ReducedPrecision`), seeded by ``train["seed"]``.
-    Returns the outcome and the per-step loss; the wall time is the only non-deterministic entry."""
+    ``precision`` (``float32``, or a reduced dtype through :class:`~normlib.numerics.ReducedPrecision`), seeded by
+    ``train["seed"]``; the data are :func:`normlib.train.load_splits` of ``dataset``. Returns the outcome and the
+    per-step loss; the wall time is the only non-deterministic entry."""
     config = training.TrainConfig(**train)
-    train_set, test_set = _load(dataset, config.seed)
+    train_set, test_set = training.load_splits(dataset, config.seed)
     torch.manual_seed(config.seed)
-    net = _build(norm, model, train_set)
+    options = {k: v for k, v in model.items() if k != "arch"}
+    net = models.build_model(model["arch"], **training.model_kwargs_for({**options, "norm": norm}, train_set))
     if precision != "float32":
         net = ReducedPrecision(net, getattr(torch, precision))
     result = training.train(net, train_set, test_set, config)
@@ -391,20 +317,20 @@ def train_point(norm: str, precision: str, model: dict[str, Any], dataset: dict[
             "steps": int(len(losses)), "loss": [float(v) for v in losses], "wall_time_s": float(result.wall_time_s)}
 
 
-def training_runs(config: dict[str, Any]) -> list[tuple[str, str]]:
+def training_runs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(norm, precision)`` of every run: each of ``norms`` in float32, then each of ``lowp_norms`` in
     ``lowp_dtype``."""
     return [(n, "float32") for n in config["norms"]] + [(n, config["lowp_dtype"]) for n in config["lowp_norms"]]
 
 
-def training_grid(config: dict[str, Any]) -> list[dict[str, Any]]:
+def training_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The sweep's points, with the JSON arguments of :func:`train_point`."""
     tc = presets.train_config(config, progress=False).to_dict()
     return [{"norm": norm, "precision": precision, "model": model_options(config),
              "dataset": presets.dataset_options(config), "train": tc} for norm, precision in training_runs(config)]
 
 
-def _train_frame(config: dict[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
+def _train_frame(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
     swept = sweep(train_point, training_grid(config), executor=executor, cache=cache, progress=False,
                   desc="training runs")
     outcome = pd.DataFrame(list(swept["result"]))
@@ -413,7 +339,7 @@ def _train_frame(config: dict[str, Any], executor: Any = None, cache: bool = Tru
 
 # ---------------------------------------------------------------------------------------------- measure
 
-def measure_uncached(config: dict[str, Any], executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
+def measure_all(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
     """``constants`` (deviation, n, mean, se, repeats), ``thresholds`` (sigma, repeat, kind, n), ``curves`` and
     ``window`` (sigma, n, repeat, kind, accumulator, finite, rel_error) and ``train`` (one row per run: norm,
     precision, diverged, diverged_step, final_loss, test_accuracy, train_accuracy, steps, loss, wall_time_s)."""
@@ -421,34 +347,19 @@ def measure_uncached(config: dict[str, Any], executor: Any = None, cache: bool =
             "train": _train_frame(config, executor, cache)}
 
 
-def measure(config: dict[str, Any], cache: bool = True, executor: Any = None) -> dict[str, pd.DataFrame]:
-    """:func:`measure_uncached` through the result cache (training points are also cached one by one)."""
-    if cache:
-        return cached_call(measure_uncached, {"config": config})
-    return measure_uncached(config, executor=executor, cache=False)
-
-
 # ---------------------------------------------------------------------------------------------- comparison
 
-def constants_table(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def constants_table(config: Mapping[str, Any], measured: dict[str, pd.DataFrame], theory: Any = default_theory
+                    ) -> pd.DataFrame:
     """The Monte-Carlo ratios with the derived prediction next to them (``predicted``) and the paper's target 1."""
     frame = measured["constants"].copy()
-    frame["predicted"] = [predict_ratio(d, int(n), config["topk"]) for d, n in zip(frame.deviation, frame.n)]
+    frame["predicted"] = [predicted_ratio(d, int(n), config["topk"], theory) for d, n in zip(frame.deviation, frame.n)]
     frame["paper"] = 1.0
     return frame
 
 
-def predict_ratio(deviation: str, n: int, k: int) -> float:
-    """Hook for the claim checks (tests replace it with a wrong prediction): :func:`predicted_ratio`."""
-    return predicted_ratio(deviation, n, k)
-
-
-def predict_l2_overflow(sigma: float) -> float:
-    """:func:`normlib.theory.lp.l2_overflow_n` (derived)."""
-    return lp.l2_overflow_n(sigma)
-
-
-def overflow_table(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def overflow_table(config: Mapping[str, Any], measured: dict[str, pd.DataFrame], theory: Any = default_theory
+                   ) -> pd.DataFrame:
     """Per sigma: the mean measured overflow size of L2 and L1 over the repeats, the predictions, and the L2
     check's relative tolerance."""
     th = measured["thresholds"]
@@ -457,13 +368,13 @@ def overflow_table(config: dict[str, Any], measured: dict[str, pd.DataFrame]) ->
         sub = th[th.sigma == sigma]
         l2 = float(sub[sub.kind == "l2"]["n"].mean())
         l1 = float(sub[sub.kind == "l1"]["n"].mean())
-        predicted = predict_l2_overflow(sigma)
+        predicted = theory.l2_overflow_n(sigma)
         rows.append({"sigma": sigma, "l2_measured": l2, "l2_predicted": predicted, "l1_measured": l1,
-                     "l1_predicted": lp.l1_overflow_n(sigma), "l2_rel_tol": overflow_tolerance(predicted, config)})
+                     "l1_predicted": theory.l1_overflow_n(sigma), "l2_rel_tol": overflow_tolerance(predicted, config)})
     return pd.DataFrame(rows)
 
 
-def overflow_tolerance(predicted_n: float, config: dict[str, Any]) -> float:
+def overflow_tolerance(predicted_n: float, config: Mapping[str, Any]) -> float:
     """Relative tolerance of the L2 overflow check: :data:`MC_SIGMAS` standard errors of the mean over the repeats
     plus :data:`OVERFLOW_ROUNDING`."""
     spread = lp.l2_overflow_spread(max(predicted_n, 3.0))
@@ -484,11 +395,12 @@ def _sigma_id(sigma: float) -> str:
     return f"{sigma:g}".replace(".", "p")
 
 
-def check_claims(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> list[claims.ClaimCheck]:
+def check_claims(config: Mapping[str, Any], measured: dict[str, pd.DataFrame], predicted: Predictions
+                 ) -> list[claims.ClaimCheck]:
     """The constants (paper's target 1 at the largest n; derived expectations at every n), the L2 overflow size at
     every sigma, L1 surviving where L2 overflows, and the training comparisons that were run."""
     k, n_max = config["topk"], max(config["const_ns"])
-    table = constants_table(config, measured)
+    table = predicted["constants"]
     checks = []
     for deviation, title in (("l1", "L1"), ("linf", "L∞"), ("topk", f"Top-{k}")):
         row = table[(table.deviation == deviation) & (table.n == n_max)].iloc[0]
@@ -503,7 +415,7 @@ def check_claims(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> l
         "L.c_derived", PAPER, "every Monte-Carlo ratio matches its derived expectation (worst |MC - derived| in "
         "units of the tolerance: 4 standard errors, + 1/n for the order-statistic approximation)", 1.0, worst))
 
-    for _, row in overflow_table(config, measured).iterrows():
+    for _, row in predicted["overflow"].iterrows():
         checks.append(claims.check_close(
             f"L.overflow_l2.s{_sigma_id(row.sigma)}", PAPER,
             f"a float16 accumulator of the L2 sum of squares overflows at n = 1 + 65504/sigma^2 (sigma = "
@@ -540,6 +452,29 @@ def check_claims(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> l
     return checks
 
 
-def evaluate(config: dict[str, Any]) -> list[claims.ClaimCheck]:
-    """Measure (through the result cache) and check every claim of this notebook."""
-    return check_claims(config, measure(config))
+class LpBatchNorm(Experiment):
+    """Hoffer et al.: L1, L-infinity and Top-k batch norm, bounded weight normalization, and low precision."""
+
+    notebook = NOTEBOOK
+    title = TITLE
+    paper = PAPER
+    spec = SPEC
+
+    def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
+        """:func:`measure_all`: the training runs go to ``executor``, cached one by one."""
+        return measure_all(config, executor, cache)
+
+    def predict(self, config: Config, measured: dict[str, pd.DataFrame], *, theory: Any = default_theory
+                ) -> Predictions:
+        """``constants`` (:func:`constants_table`: the derived ratio at every measured n) and ``overflow``
+        (:func:`overflow_table`: the predicted float16 overflow sizes at every sigma)."""
+        return {"constants": constants_table(config, measured, theory),
+                "overflow": overflow_table(config, measured, theory)}
+
+    def check(self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
+              ) -> list[claims.ClaimCheck]:
+        """:func:`check_claims`."""
+        return check_claims(config, measured, predicted)
+
+
+EXPERIMENT = LpBatchNorm()

@@ -19,6 +19,7 @@ the group-size law and InstanceNorm's size dependence are derived in this book, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,10 +27,11 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from normlib import claims, models, presets, probes, theory
-from normlib.cache import cached_call
+from normlib import claims, models, presets, probes
+from normlib import theory as default_theory
 from normlib.experiments import checks as shared_checks
-from normlib.params import Param, ParameterError
+from normlib.experiments.protocol import Experiment, Predictions
+from normlib.params import Config, Param, ParameterError
 from normlib.runtime import derive_seed, resolve_device
 from normlib.sweep import sweep
 from normlib.train import train_model
@@ -44,13 +46,13 @@ INIT_CLASSES = 10
 SKIP_FIRST, SKIP_LAST = 1, 2
 
 
-def _check_positive(config: dict[str, Any]) -> None:
+def _check_positive(config: Mapping[str, Any]) -> None:
     for name in ("learning_rates",):
         if any(v <= 0 for v in config[name]):
             raise ParameterError(f"parameter {name!r}: invalid value {config[name]!r}; allowed: positive numbers")
 
 
-def _check_in_sizes(config: dict[str, Any]) -> None:
+def _check_in_sizes(config: Mapping[str, Any]) -> None:
     bad = [s for s in config["in_sizes"] if s * s <= 3]
     if bad:
         raise ParameterError(f"parameter 'in_sizes': invalid value {bad[0]!r}; allowed: sizes >= 2 (n = size^2 > 3)")
@@ -89,16 +91,11 @@ SPEC = presets.training_spec(extra_params=OWN_PARAMS, book=BOOK, paper=PAPER_VAL
                              checks=(shared_checks.divisors_of_width, _check_positive, _check_in_sizes))
 
 
-def resolve(preset: str = "book", **overrides: Any) -> dict[str, Any]:
-    """The validated configuration of this notebook (see :meth:`normlib.params.ParamSpec.resolve`)."""
-    return SPEC.resolve(preset, **overrides)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # At initialization
 # ----------------------------------------------------------------------------------------------------------------
 
-def init_runs(config: dict[str, Any]) -> list[tuple[str, int | None]]:
+def init_runs(config: Mapping[str, Any]) -> list[tuple[str, int | None]]:
     """The (normalizer, group size) pairs measured at initialization: GroupNorm at each size, then the extras."""
     return [("gn", g) for g in config["group_sizes"]] + [(n, None) for n in config["norms"]]
 
@@ -124,7 +121,7 @@ def grad_norms(norm: str, group_size: int | None, *, depth: int, width: int, bat
     return frame.sort_values("index")["value"].to_numpy()
 
 
-def _init_frame(config: dict[str, Any], device: torch.device) -> pd.DataFrame:
+def _init_frame(config: Mapping[str, Any], device: torch.device) -> pd.DataFrame:
     rows = []
     for repeat in range(config["repeats"]):
         seed = derive_seed(config["seed"], repeat)
@@ -148,7 +145,7 @@ def _init_frame(config: dict[str, Any], device: torch.device) -> pd.DataFrame:
 # Training
 # ----------------------------------------------------------------------------------------------------------------
 
-def train_cfg(config: dict[str, Any]) -> list:
+def train_cfg(config: Mapping[str, Any]) -> list:
     """The trained network's ``make_cnn`` cfg: ``train_depth`` convs of ``width``, the first with
     ``train_stem_stride``."""
     first = (config["width"], 2) if config["train_stem_stride"] == 2 else config["width"]
@@ -169,7 +166,7 @@ def train_point(group_size: int, lr: float, batch_size: int, cfg: list, dataset:
             "loss": [float(v) for v in losses]}
 
 
-def training_grid(config: dict[str, Any]) -> list[dict[str, Any]]:
+def training_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The sweep's points: every group size x learning rate x batch size, with the JSON arguments of
     :func:`train_point` (the paper's small-batch rule applied by :func:`normlib.presets.train_config`)."""
     cfg = [list(e) if isinstance(e, tuple) else e for e in train_cfg(config)]
@@ -183,27 +180,19 @@ def training_grid(config: dict[str, Any]) -> list[dict[str, Any]]:
     return points
 
 
-def _train_frame(config: dict[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
+def _train_frame(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
     swept = sweep(train_point, training_grid(config), executor=executor, cache=cache, progress=False,
                   desc="training grid")
     outcome = pd.DataFrame(list(swept["result"]))
     return pd.concat([swept[["group_size", "lr", "batch_size"]].reset_index(drop=True), outcome], axis=1)
 
 
-def measure_uncached(config: dict[str, Any], executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
+def measure_all(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
     """``{"init": ..., "train": ...}``: gradient norms at initialization (columns ``run, norm, group_size, repeat,
     layer, grad_norm, image_size``) and one row per training run (``group_size, lr, batch_size, diverged,
     diverged_step, final_loss, test_accuracy, steps, loss``). ``cache`` applies to the training sweep's points."""
     device = resolve_device(config["device"])
     return {"init": _init_frame(config, device), "train": _train_frame(config, executor, cache)}
-
-
-def measure(config: dict[str, Any], cache: bool = True, executor: Any = None) -> dict[str, pd.DataFrame]:
-    """:func:`measure_uncached` through the result cache (the training points are also cached one by one by the
-    sweep), so the book, ``normlib claims`` and a re-run share one computation."""
-    if cache:
-        return cached_call(measure_uncached, {"config": config})
-    return measure_uncached(config, executor=executor, cache=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,7 +206,7 @@ def measured_factors(measured: dict[str, pd.DataFrame]) -> pd.DataFrame:
     for (run, repeat, size), rows_ in init.groupby(["run", "repeat", "image_size"], sort=False):
         curve = rows_.sort_values("layer")["grad_norm"].to_numpy()
         rows.append({"run": run, "repeat": repeat, "image_size": size,
-                     "factor": theory.fit_growth_factor(curve, SKIP_FIRST, SKIP_LAST)})
+                     "factor": default_theory.fit_growth_factor(curve, SKIP_FIRST, SKIP_LAST)})
     return pd.DataFrame(rows)
 
 
@@ -228,7 +217,7 @@ def measured_factor(measured: dict[str, pd.DataFrame], run: str) -> float:
     return float(np.exp(np.mean(np.log(values)))) if len(values) else float("nan")
 
 
-def predict_group(config: dict[str, Any], group_size: int) -> dict[str, float]:
+def predict_group(config: Mapping[str, Any], group_size: int, theory: Any = default_theory) -> dict[str, float]:
     """Both derived predictions for GroupNorm with ``group_size`` channels per group: the lower bound
     :math:`\\pi G/(\\pi G-1)` of papers.md §1.7 (``bound``) and the mean-field model with :math:`\\kappa(G)` from
     its fixed point (``mean_field``), at this configuration's map size. Nothing is fitted to a measurement."""
@@ -237,12 +226,12 @@ def predict_group(config: dict[str, Any], group_size: int) -> dict[str, float]:
             "mean_field": theory.mean_field_growth_factor(group_size, n, seed=config["seed"])}
 
 
-def predict_bn(config: dict[str, Any]) -> float:
+def predict_bn(config: Mapping[str, Any], theory: Any = default_theory) -> float:
     """Yang et al. (2019)'s :math:`\\pi/(\\pi-1)` (large batch)."""
     return theory.bn_growth_factor()
 
 
-def predict_in_size(size: int) -> float:
+def predict_in_size(size: int, theory: Any = default_theory) -> float:
     """InstanceNorm on ``size`` x ``size`` maps: :func:`normlib.theory.instance_norm_growth_factor` (derived)."""
     return theory.instance_norm_growth_factor(size * size)
 
@@ -255,38 +244,55 @@ def predict_in_size(size: int) -> float:
 BN_REL_TOL = 0.05
 
 
-def check_claims(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> list[claims.ClaimCheck]:
-    """C.bn (measured vs Yang et al.'s factor), C.order (Spearman correlation of factor and group size, predicted
-    -1, passes when negative), C.diverge (the smallest group diverges at the highest learning rate, the largest does
-    not)."""
-    checks = [claims.check_close(
-        "C.bn", "Yang et al. 2019",
-        "BatchNorm multiplies the squared gradient norm by pi/(pi-1) per layer at initialization",
-        predict_bn(config), measured_factor(measured, "bn"), rel_tol=BN_REL_TOL, source="paper")]
+class StableBackward(Experiment):
+    """Principle C: gradient growth at initialization and the speed-stability tradeoff in training."""
 
-    sizes = sorted(config["group_sizes"])
-    factors = [measured_factor(measured, run_label("gn", g)) for g in sizes]
-    if len(sizes) >= 2 and np.all(np.isfinite(factors)):
-        rho = float(spearmanr(sizes, factors).statistic)
-    else:
-        rho = float("nan")
-    checks.append(claims.check_true(
-        "C.order", PAPER, "the gradient growth factor falls as the group grows (Spearman rank correlation)",
-        -1.0, rho, bool(np.isfinite(rho) and rho < 0), "rho < 0"))
+    notebook = NOTEBOOK
+    title = TITLE
+    paper = PAPER
+    spec = SPEC
 
-    train = measured["train"]
-    top = max(config["learning_rates"])
-    at_top = train[train.lr == top]
-    small = bool(at_top[at_top.group_size == min(sizes)]["diverged"].any())
-    large = bool(at_top[at_top.group_size == max(sizes)]["diverged"].any())
-    checks.append(claims.check_true(
-        "C.diverge", PAPER,
-        f"at the highest learning rate ({top:g}) the smallest group ({min(sizes)}) diverges and the largest "
-        f"({max(sizes)}) does not", 1.0, float(small and not large), small and not large,
-        "smallest diverged, largest not"))
-    return checks
+    def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
+        """:func:`measure_all`: the training grid runs on ``executor``, its points cached one by one."""
+        return measure_all(config, executor, cache)
+
+    def predict(self, config: Config, measured: Any = None, *, theory: Any = default_theory) -> Predictions:
+        """``C.bn`` (Yang et al.'s factor), ``C.order`` (a perfectly falling rank correlation, -1) and
+        ``C.diverge`` (1: the smallest group diverges, the largest does not). The per-group laws the page draws
+        are :func:`predict_group`."""
+        return {"C.bn": predict_bn(config, theory), "C.order": -1.0, "C.diverge": 1.0}
+
+    def check(self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
+              ) -> list[claims.ClaimCheck]:
+        """C.bn (measured vs Yang et al.'s factor), C.order (Spearman correlation of factor and group size,
+        predicted -1, passes when negative), C.diverge (the smallest group diverges at the highest learning rate,
+        the largest does not)."""
+        checks = [claims.check_close(
+            "C.bn", "Yang et al. 2019",
+            "BatchNorm multiplies the squared gradient norm by pi/(pi-1) per layer at initialization",
+            predicted["C.bn"], measured_factor(measured, "bn"), rel_tol=BN_REL_TOL, source="paper")]
+
+        sizes = sorted(config["group_sizes"])
+        factors = [measured_factor(measured, run_label("gn", g)) for g in sizes]
+        if len(sizes) >= 2 and np.all(np.isfinite(factors)):
+            rho = float(spearmanr(sizes, factors).statistic)
+        else:
+            rho = float("nan")
+        checks.append(claims.check_true(
+            "C.order", PAPER, "the gradient growth factor falls as the group grows (Spearman rank correlation)",
+            predicted["C.order"], rho, bool(np.isfinite(rho) and rho < 0), "rho < 0"))
+
+        train = measured["train"]
+        top = max(config["learning_rates"])
+        at_top = train[train.lr == top]
+        small = bool(at_top[at_top.group_size == min(sizes)]["diverged"].any())
+        large = bool(at_top[at_top.group_size == max(sizes)]["diverged"].any())
+        checks.append(claims.check_true(
+            "C.diverge", PAPER,
+            f"at the highest learning rate ({top:g}) the smallest group ({min(sizes)}) diverges and the largest "
+            f"({max(sizes)}) does not", predicted["C.diverge"], float(small and not large), small and not large,
+            "smallest diverged, largest not"))
+        return checks
 
 
-def evaluate(config: dict[str, Any]) -> list[claims.ClaimCheck]:
-    """Measure (through the result cache) and check every claim of this notebook."""
-    return check_claims(config, measure(config))
+EXPERIMENT = StableBackward()

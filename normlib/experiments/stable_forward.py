@@ -14,6 +14,7 @@ The predictions come from :mod:`normlib.theory` (derived in this book, not the p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from normlib import claims, layers, models, probes, theory
-from normlib.cache import cached_call
+from normlib import claims, layers, models, probes
+from normlib import theory as default_theory
 from normlib.experiments import checks as shared_checks
-from normlib.params import Param, ParameterError, ParamSpec
+from normlib.experiments.protocol import Experiment, Predictions
+from normlib.params import Config, Param, ParameterError, ParamSpec
 from normlib.runtime import derive_seed, resolve_device
 
 NOTEBOOK = "01_stable_forward"
@@ -34,7 +36,7 @@ VARIANTS = ("plain", "skipinit", "nf")
 GROUPED = ("gn", "evo_s0")
 
 
-def _check_groups(config: dict[str, Any]) -> None:
+def _check_groups(config: Mapping[str, Any]) -> None:
     """Every grouped normalizer asked for must be buildable at every width (group size divides the width)."""
     for norm in (n for n in config["norms"] if n in GROUPED):
         for width in config["widths"]:
@@ -75,19 +77,14 @@ SPEC = ParamSpec(
 )
 
 
-def resolve(preset: str = "book", **overrides: Any) -> dict[str, Any]:
-    """The validated configuration of this notebook (see :meth:`normlib.params.ParamSpec.resolve`)."""
-    return SPEC.resolve(preset, **overrides)
-
-
-def norm_options(norm: str, config: dict[str, Any]) -> dict[str, Any]:
+def norm_options(norm: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """Options passed to the normalizer: the group size for the grouped ones when one is set."""
     if norm in GROUPED and config["group_size"] is not None:
         return {"group_size": config["group_size"]}
     return {}
 
 
-def runs(config: dict[str, Any]) -> list[tuple[str, str]]:
+def runs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (normalizer, variant) pairs measured; the NF remedy only for the parametric ones and ``none``."""
     return [(norm, variant) for norm in config["norms"] for variant in config["variants"]
             if variant != "nf" or layers.norm_info(norm).family != "activation"]
@@ -99,7 +96,7 @@ def transition_blocks(depth: int) -> tuple[int, int]:
     return (per_stage + 1, 2 * per_stage + 1)
 
 
-def _measure_one(config: dict[str, Any], norm: str, variant: str, repeat: int, device: torch.device) -> pd.DataFrame:
+def _measure_one(config: Mapping[str, Any], norm: str, variant: str, repeat: int, device: torch.device) -> pd.DataFrame:
     seed = derive_seed(config["seed"], repeat)
     torch.manual_seed(seed)
     model = models.make_resnet(
@@ -118,7 +115,7 @@ def _measure_one(config: dict[str, Any], norm: str, variant: str, repeat: int, d
     return frame.assign(norm=norm, variant=variant, repeat=repeat)
 
 
-def measure_uncached(config: dict[str, Any]) -> pd.DataFrame:
+def measure_streams(config: Mapping[str, Any]) -> pd.DataFrame:
     """Residual-stream statistics for every (normalizer, variant, repeat): a tidy frame with columns
     ``norm, variant, repeat, block, point, metric, value`` (block 0 is the stem output)."""
     device = resolve_device(config["device"])
@@ -127,12 +124,6 @@ def measure_uncached(config: dict[str, Any]) -> pd.DataFrame:
               for norm, variant, repeat in tqdm(jobs, desc="ResNets at initialization")]
     columns = ["norm", "variant", "repeat", "block", "point", "metric", "value"]
     return pd.concat(frames, ignore_index=True)[columns]
-
-
-def measure(config: dict[str, Any], cache: bool = True) -> pd.DataFrame:
-    """:func:`measure_uncached` through the result cache (keyed by the configuration, normlib's code and torch's
-    version), so the book, ``normlib claims`` and a re-run share one computation."""
-    return cached_call(measure_uncached, {"config": config}) if cache else measure_uncached(config)
 
 
 def mean_curve(measured: pd.DataFrame, norm: str, variant: str, metric: str = "second_moment") -> np.ndarray:
@@ -154,7 +145,7 @@ def law(norm: str, variant: str) -> str:
     return "bounded" if stream_unit(norm).stream_activation.startswith("evo") else "linear"
 
 
-def map_sizes(config: dict[str, Any]) -> list[int]:
+def map_sizes(config: Mapping[str, Any]) -> list[int]:
     """Spatial size of the feature maps at the stem and in every block (strides 1, 2, 2)."""
     per_stage = (config["depth"] - 2) // 6
     size = config["image_size"]
@@ -166,22 +157,23 @@ def map_sizes(config: dict[str, Any]) -> list[int]:
 MEAN_FIELD_WALKERS = 50_000
 
 
-def stream_unit(norm: str) -> theory.StreamUnit:
-    """The mean-field description of ``norm``; a normalizer registered by a user is described by its family
-    (an activation-based one as a centring normalizer, any other as a He-initialized plain convolution)."""
+def stream_unit(norm: str, theory: Any = default_theory) -> Any:
+    """The mean-field description of ``norm`` (a ``theory.StreamUnit``); a normalizer registered by a user is
+    described by its family (an activation-based one as a centring normalizer, any other as a He-initialized plain
+    convolution)."""
     if norm in theory.STREAM_UNITS:
         return theory.STREAM_UNITS[norm]
     family = layers.norm_info(norm).family
     return theory.StreamUnit() if family == "activation" else theory.STREAM_UNITS["none"]
 
 
-def predict(config: dict[str, Any], norm: str, variant: str) -> np.ndarray:
+def predict_stream(config: Mapping[str, Any], norm: str, variant: str, theory: Any = default_theory) -> np.ndarray:
     """The predicted second moment of the stream after the stem and each block, from the mean-field model
     :func:`normlib.theory.mean_field_stream` of this very architecture (no constant is fitted to the measurement).
     """
     blocks = 3 * ((config["depth"] - 2) // 6)
     return theory.mean_field_stream(
-        stream_unit(norm), blocks,
+        stream_unit(norm, theory), blocks,
         block="pre" if variant == "nf" else config["block"],
         skip_gain=0.0 if variant == "skipinit" else 1.0,
         reset_blocks=transition_blocks(config["depth"]),
@@ -192,9 +184,10 @@ def predict(config: dict[str, Any], norm: str, variant: str) -> np.ndarray:
     )
 
 
-def growth(config: dict[str, Any], curve: np.ndarray) -> float:
-    """Per-block growth factor within stages (downsampling blocks left out), see :func:`theory.growth_factor`."""
-    return theory.growth_factor(curve, exclude_blocks=transition_blocks(config["depth"]))
+def growth(config: Mapping[str, Any], curve: np.ndarray) -> float:
+    """Per-block growth factor within stages (downsampling blocks left out), see
+    :func:`normlib.theory.growth_factor`."""
+    return default_theory.growth_factor(curve, exclude_blocks=transition_blocks(config["depth"]))
 
 
 #: The mean-field model neglects the correlations between entries of one channel or one sample and the
@@ -211,20 +204,40 @@ _STATEMENTS = {
 }
 
 
-def check_claims(config: dict[str, Any], measured: pd.DataFrame) -> list[claims.ClaimCheck]:
-    """For every (normalizer, variant) run, the measured per-block growth factor of the stream against the
-    mean-field model's (both within stages, see :func:`growth`)."""
-    checks = []
-    for norm, variant in runs(config):
-        kind = "nf" if variant == "nf" else law(norm, variant)
-        statement = _STATEMENTS[kind].format(title=layers.norm_info(norm).title)
-        predicted = growth(config, predict(config, norm, variant))
-        observed = growth(config, mean_curve(measured, norm, variant))
-        claim_id = f"A.{kind}.{norm}"
-        checks.append(claims.check_close(claim_id, PAPER, statement, predicted, observed, rel_tol=GROWTH_REL_TOL))
-    return checks
+def claim_id(norm: str, variant: str) -> str:
+    """``A.<law>.<norm>``, the law being the one the derivation predicts (``nf`` for the NF remedy)."""
+    return f"A.{'nf' if variant == 'nf' else law(norm, variant)}.{norm}"
 
 
-def evaluate(config: dict[str, Any]) -> list[claims.ClaimCheck]:
-    """Measure (through the result cache) and check every claim of this notebook."""
-    return check_claims(config, measure(config))
+class StableForward(Experiment):
+    """Principle A: the residual stream of a ResNet at initialization, against the mean-field model."""
+
+    notebook = NOTEBOOK
+    title = TITLE
+    paper = PAPER
+    spec = SPEC
+
+    def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> pd.DataFrame:
+        """:func:`measure_streams` (one process: each network is a single forward pass)."""
+        return measure_streams(config)
+
+    def predict(self, config: Config, measured: Any = None, *, theory: Any = default_theory) -> Predictions:
+        """``curves``: the predicted second moment after the stem and every block, by (normalizer, variant); and
+        the predicted per-block growth factor under each claim's id."""
+        curves = {(norm, variant): predict_stream(config, norm, variant, theory) for norm, variant in runs(config)}
+        return {"curves": curves, **{claim_id(n, v): growth(config, curve) for (n, v), curve in curves.items()}}
+
+    def check(self, config: Config, measured: pd.DataFrame, predicted: Predictions) -> list[claims.ClaimCheck]:
+        """For every (normalizer, variant) run, the measured per-block growth factor of the stream against the
+        mean-field model's (both within stages, see :func:`growth`)."""
+        checks = []
+        for norm, variant in runs(config):
+            kind = "nf" if variant == "nf" else law(norm, variant)
+            statement = _STATEMENTS[kind].format(title=layers.norm_info(norm).title)
+            observed = growth(config, mean_curve(measured, norm, variant))
+            checks.append(claims.check_close(claim_id(norm, variant), PAPER, statement,
+                                             predicted[claim_id(norm, variant)], observed, rel_tol=GROWTH_REL_TOL))
+        return checks
+
+
+EXPERIMENT = StableForward()

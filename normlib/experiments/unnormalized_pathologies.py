@@ -19,6 +19,8 @@ What is measured, at initialization (training mode, one batch of real images wit
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -28,11 +30,11 @@ import torch.nn.functional as F
 from scipy.stats import kurtosis
 
 from normlib import claims, data, layers, models
-from normlib import theory
-from normlib.cache import cached_call
+from normlib import theory as default_theory
 from normlib.experiments import checks as shared_checks
 from normlib.experiments import stable_forward
-from normlib.params import Param, ParameterError, ParamSpec
+from normlib.experiments.protocol import Experiment, Predictions
+from normlib.params import Config, Param, ParameterError, ParamSpec
 from normlib.runtime import DEVICES, derive_seed, resolve_device
 
 NOTEBOOK = "06_unnormalized_pathologies"
@@ -42,14 +44,14 @@ PAPER = "Bjorck et al. 2018"
 BASELINE = "none"
 
 
-def _check_layer(config: dict[str, Any]) -> None:
+def _check_layer(config: Mapping[str, Any]) -> None:
     layer, count = config["gradient_layer"], num_convs(config["depth"])
     if layer is not None and not 1 <= layer <= count:
         raise ParameterError(f"parameter 'gradient_layer': invalid value {layer!r}; allowed: None (the middle one) "
                              f"or a convolution index from 1 to {count} of the depth-{config['depth']} ResNet")
 
 
-def _check_factors(config: dict[str, Any]) -> None:
+def _check_factors(config: Mapping[str, Any]) -> None:
     if len(set(config["rmt_factors"])) != len(config["rmt_factors"]):
         raise ParameterError(f"parameter 'rmt_factors': duplicate entries in {config['rmt_factors']!r}; allowed: "
                              "distinct numbers of factors >= 1")
@@ -98,17 +100,12 @@ SPEC = ParamSpec(
 )
 
 
-def resolve(preset: str = "book", **overrides: Any) -> dict[str, Any]:
-    """The validated configuration of this notebook (see :meth:`normlib.params.ParamSpec.resolve`)."""
-    return SPEC.resolve(preset, **overrides)
-
-
 def num_convs(depth: int) -> int:
     """Convolutions of a depth-``depth`` CIFAR ResNet in forward order (stem, two per block, two shortcuts)."""
     return 1 + (depth - 2) + 2
 
 
-def gradient_layer(config: dict[str, Any]) -> int:
+def gradient_layer(config: Mapping[str, Any]) -> int:
     """The 1-based index (in :meth:`normlib.models.ResNet.conv_points` order) of the convolution whose weight
     gradient is recorded: ``gradient_layer``, or the middle one."""
     return config["gradient_layer"] or (num_convs(config["depth"]) + 1) // 2
@@ -118,7 +115,7 @@ def gradient_layer(config: dict[str, Any]) -> int:
 # Measurements
 # ----------------------------------------------------------------------------------------------------------------
 
-def _batch(config: dict[str, Any], repeat: int) -> data.Dataset:
+def _batch(config: Mapping[str, Any], repeat: int) -> data.Dataset:
     """A class-balanced batch of training images, a different one per repeat."""
     return data.load_dataset(config["dataset"], "train", subset=config["batch_size"],
                              seed=derive_seed(config["seed"], repeat, 1))
@@ -132,7 +129,7 @@ def _channel_stats(x: torch.Tensor) -> dict[str, float]:
     return dict(zip(("abs_mean", "std", "second_moment"), summary))
 
 
-def network_at_init(config: dict[str, Any], norm: str, repeat: int, device: torch.device
+def network_at_init(config: Mapping[str, Any], norm: str, repeat: int, device: torch.device
                     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     """One initialization with ``norm``: (stream statistics per block, the recorded layer's weight gradient as a
     flat array, :math:`\\partial\\mathcal L/\\partial z` as a ``(batch, classes)`` array, the predicted class
@@ -169,7 +166,7 @@ def product_singular_values(num_factors: int, width: int, generator: np.random.G
     return np.linalg.svd(product, compute_uv=False)
 
 
-def _random_matrices(config: dict[str, Any]) -> pd.DataFrame:
+def _random_matrices(config: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for m in config["rmt_factors"]:
         for trial in range(config["rmt_trials"]):
@@ -179,7 +176,7 @@ def _random_matrices(config: dict[str, Any]) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def _linear_networks(config: dict[str, Any]) -> pd.DataFrame:
+def _linear_networks(config: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for depth in config["linear_depths"]:
         generator = np.random.default_rng(derive_seed(config["seed"], depth, 3))
@@ -189,7 +186,7 @@ def _linear_networks(config: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def measure_uncached(config: dict[str, Any]) -> dict[str, pd.DataFrame]:
+def measure_all(config: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     """``{"stream", "gradients", "logit_gradients", "singular_values", "condition"}``: tidy frames of every
     measurement of this notebook (see the module doc). Deterministic in ``config``."""
     device = resolve_device(config["device"])
@@ -208,31 +205,23 @@ def measure_uncached(config: dict[str, Any]) -> dict[str, pd.DataFrame]:
             "singular_values": _random_matrices(config), "condition": _linear_networks(config)}
 
 
-def measure(config: dict[str, Any], cache: bool = True) -> dict[str, pd.DataFrame]:
-    """:func:`measure_uncached` through the result cache, so the book, ``normlib claims`` and a re-run share one
-    computation."""
-    if cache:
-        return cached_call(measure_uncached, {"config": config})
-    return measure_uncached(config)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Predictions and summaries
 # ----------------------------------------------------------------------------------------------------------------
 
-def image_size(config: dict[str, Any]) -> int:
+def image_size(config: Mapping[str, Any]) -> int:
     """Height (= width) of the dataset's images."""
     return data.IMAGE_SHAPES[config["dataset"]][-1]
 
 
-def predict_stream(config: dict[str, Any], norm: str) -> np.ndarray:
+def predict_stream(config: Mapping[str, Any], norm: str, theory: Any = default_theory) -> np.ndarray:
     """The stream's second moment after the stem and each block, from the mean-field model of chapter A
-    (:func:`normlib.experiments.stable_forward.predict` of this architecture, post-activation, no remedy)."""
+    (:func:`normlib.experiments.stable_forward.predict_stream` of this architecture, post-activation, no remedy)."""
     like = {**config, "block": "post", "image_size": image_size(config), "alpha": 1.0}
-    return stable_forward.predict(like, norm, "plain")
+    return stable_forward.predict_stream(like, norm, "plain", theory)
 
 
-def growth(config: dict[str, Any], curve: np.ndarray) -> float:
+def growth(config: Mapping[str, Any], curve: np.ndarray) -> float:
     """Per-block growth factor of a second-moment curve within stages (chapter A's estimator)."""
     return stable_forward.growth(config, np.asarray(curve))
 
@@ -271,12 +260,15 @@ def largest_singular_values(measured: dict[str, pd.DataFrame]) -> pd.Series:
     return values.groupby(["factors", "trial"])["singular_value"].max().groupby("factors").mean()
 
 
-def ks_distance(measured: dict[str, pd.DataFrame], num_factors: int) -> float:
-    """Kolmogorov–Smirnov distance between the squared singular values (pooled over trials) and the Fuss–Catalan
-    law :func:`normlib.theory.fuss_catalan_cdf`."""
+def ks_distance(measured: dict[str, pd.DataFrame], num_factors: int,
+                cdf_of: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
+    """Kolmogorov–Smirnov distance between the squared singular values (pooled over trials) and a law given by its
+    CDF ``cdf_of`` (default: the Fuss–Catalan law :func:`normlib.theory.fuss_catalan_cdf` of ``num_factors``)."""
     values = measured["singular_values"]
     squares = np.sort(values[values.factors == num_factors]["singular_value"].to_numpy() ** 2)
-    cdf = theory.fuss_catalan_cdf(squares, num_factors)
+    if cdf_of is None:
+        cdf_of = functools.partial(default_theory.fuss_catalan_cdf, num_factors=num_factors)
+    cdf = cdf_of(squares)
     n = len(squares)
     return float(max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n)))
 
@@ -310,56 +302,83 @@ KS_MAX = 0.02
 CONDITION_REL_TOL = 0.15
 
 
-def check_claims(config: dict[str, Any], measured: dict[str, pd.DataFrame]) -> list[claims.ClaimCheck]:
-    """U.none_growth, U.norm_growth (stream growth factors against the mean-field model), U.gradient_scale,
-    U.gradient_tails, U.one_class (gradients at initialization), R.smax_M and R.law_M per number of factors,
-    R.condition (deep linear networks)."""
-    norm, title = config["norm"], layers.norm_info(config["norm"]).title
-    checks = []
-    for which, label in ((BASELINE, "none"), (norm, "norm")):
-        predicted = growth(config, predict_stream(config, which))
-        measured_growth = growth(config, stream_curve(measured, which))
-        name = "no normalizer" if which == BASELINE else title
+class UnnormalizedPathologies(Experiment):
+    """Bjorck et al.: activations, gradients and random matrices without normalization, at initialization."""
+
+    notebook = NOTEBOOK
+    title = TITLE
+    paper = PAPER
+    spec = SPEC
+
+    def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
+        """:func:`measure_all` (one process: everything is at initialization)."""
+        return measure_all(config)
+
+    def predict(self, config: Config, measured: Any = None, *, theory: Any = default_theory) -> Predictions:
+        """``streams`` (the mean-field second moment per block, for ``norm`` and none), their growth factors
+        under ``U.none_growth`` and ``U.norm_growth``, and for each number of factors M the edge ``R.smax_M`` and
+        the law ``law_M`` (a CDF), and ``R.condition``, the Lyapunov rate."""
+        streams = {which: predict_stream(config, which, theory) for which in (BASELINE, config["norm"])}
+        predicted: Predictions = {
+            "streams": streams, "U.none_growth": growth(config, streams[BASELINE]),
+            "U.norm_growth": growth(config, streams[config["norm"]]),
+            "R.condition": theory.condition_number_rate(config["linear_width"])}
+        for m in config["rmt_factors"]:
+            predicted[f"R.smax_{m}"] = theory.product_singular_value_max(m)
+            predicted[f"law_{m}"] = functools.partial(theory.fuss_catalan_cdf, num_factors=m)
+        return predicted
+
+    def check(self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
+              ) -> list[claims.ClaimCheck]:
+        """U.none_growth, U.norm_growth (stream growth factors against the mean-field model), U.gradient_scale,
+        U.gradient_tails, U.one_class (gradients at initialization), R.smax_M and R.law_M per number of factors,
+        R.condition (deep linear networks)."""
+        norm, title = config["norm"], layers.norm_info(config["norm"]).title
+        checks = []
+        for which, label in ((BASELINE, "none"), (norm, "norm")):
+            measured_growth = growth(config, stream_curve(measured, which))
+            name = "no normalizer" if which == BASELINE else title
+            checks.append(claims.check_close(
+                f"U.{label}_growth", "derived",
+                f"with {name}, the residual stream's second moment grows by the mean-field factor per block",
+                predicted[f"U.{label}_growth"], measured_growth, rel_tol=GROWTH_REL_TOL, source="derived"))
+
+        grads = gradient_summary(measured)
+        ratio = float(grads.loc[BASELINE, "rms"] / grads.loc[norm, "rms"])
+        checks.append(claims.check_at_least(
+            "U.gradient_scale", PAPER,
+            f"without a normalizer the middle layer's weight gradients are at least {GRADIENT_RATIO_MIN:g}x larger "
+            f"(RMS) than with {title} (paper: about 100x)", GRADIENT_RATIO_MIN, ratio, source="paper"))
+        kurt_none = float(grads.loc[BASELINE, "excess_kurtosis"])
+        kurt_norm = float(grads.loc[norm, "excess_kurtosis"])
+        checks.append(claims.check_true(
+            "U.gradient_tails", PAPER,
+            f"without a normalizer those gradients are heavier-tailed (larger excess kurtosis) than with {title}",
+            kurt_norm, kurt_none, kurt_none > kurt_norm, f"> {kurt_norm:.3g}", source="paper"))
+        share = one_class_fraction(measured, BASELINE)
+        checks.append(claims.check_at_least(
+            "U.one_class", PAPER,
+            "without a normalizer the output gradient is input-independent: the images push one and the same class",
+            ONE_CLASS_MIN, share, source="paper"))
+
+        smax = largest_singular_values(measured)
+        for m in config["rmt_factors"]:
+            checks.append(claims.check_close(
+                f"R.smax_{m}", "known (Fuss-Catalan)",
+                f"the largest singular value of a product of {m} Gaussian matrices approaches "
+                "sqrt((M+1)^(M+1)/M^M)", predicted[f"R.smax_{m}"], float(smax.loc[m]), rel_tol=SMAX_REL_TOL,
+                source="known"))
+            checks.append(claims.check_at_most(
+                f"R.law_{m}", "known (Fuss-Catalan)",
+                f"the squared singular values of a product of {m} Gaussian matrices follow the Fuss-Catalan law "
+                "(Kolmogorov-Smirnov distance)", KS_MAX, ks_distance(measured, m, predicted[f"law_{m}"]),
+                source="known"))
         checks.append(claims.check_close(
-            f"U.{label}_growth", "derived",
-            f"with {name}, the residual stream's second moment grows by the mean-field factor per block",
-            predicted, measured_growth, rel_tol=GROWTH_REL_TOL, source="derived"))
-
-    grads = gradient_summary(measured)
-    ratio = float(grads.loc[BASELINE, "rms"] / grads.loc[norm, "rms"])
-    checks.append(claims.check_at_least(
-        "U.gradient_scale", PAPER,
-        f"without a normalizer the middle layer's weight gradients are at least {GRADIENT_RATIO_MIN:g}x larger "
-        f"(RMS) than with {title} (paper: about 100x)", GRADIENT_RATIO_MIN, ratio, source="paper"))
-    kurt_none, kurt_norm = float(grads.loc[BASELINE, "excess_kurtosis"]), float(grads.loc[norm, "excess_kurtosis"])
-    checks.append(claims.check_true(
-        "U.gradient_tails", PAPER,
-        f"without a normalizer those gradients are heavier-tailed (larger excess kurtosis) than with {title}",
-        kurt_norm, kurt_none, kurt_none > kurt_norm, f"> {kurt_norm:.3g}", source="paper"))
-    share = one_class_fraction(measured, BASELINE)
-    checks.append(claims.check_at_least(
-        "U.one_class", PAPER,
-        "without a normalizer the output gradient is input-independent: the images push one and the same class",
-        ONE_CLASS_MIN, share, source="paper"))
-
-    smax = largest_singular_values(measured)
-    for m in config["rmt_factors"]:
-        checks.append(claims.check_close(
-            f"R.smax_{m}", "known (Fuss-Catalan)",
-            f"the largest singular value of a product of {m} Gaussian matrices approaches sqrt((M+1)^(M+1)/M^M)",
-            theory.product_singular_value_max(m), float(smax.loc[m]), rel_tol=SMAX_REL_TOL, source="known"))
-        checks.append(claims.check_at_most(
-            f"R.law_{m}", "known (Fuss-Catalan)",
-            f"the squared singular values of a product of {m} Gaussian matrices follow the Fuss-Catalan law "
-            "(Kolmogorov-Smirnov distance)", KS_MAX, ks_distance(measured, m), source="known"))
-    checks.append(claims.check_close(
-        "R.condition", "derived",
-        "the condition number of a deep linear network grows exponentially with depth at the Lyapunov rate "
-        "(psi(N/2) - psi(1/2))/2 per layer", theory.condition_number_rate(config["linear_width"]),
-        condition_rate(measured), rel_tol=CONDITION_REL_TOL, source="derived"))
-    return checks
+            "R.condition", "derived",
+            "the condition number of a deep linear network grows exponentially with depth at the Lyapunov rate "
+            "(psi(N/2) - psi(1/2))/2 per layer", predicted["R.condition"],
+            condition_rate(measured), rel_tol=CONDITION_REL_TOL, source="derived"))
+        return checks
 
 
-def evaluate(config: dict[str, Any]) -> list[claims.ClaimCheck]:
-    """Measure (through the result cache) and check every claim of this notebook."""
-    return check_claims(config, measure(config))
+EXPERIMENT = UnnormalizedPathologies()

@@ -34,8 +34,9 @@ schedule, which (an old-PyTorch ``StepLR`` stepped at the start of each epoch) d
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -44,12 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normlib import claims, data, models, presets, theory
-from normlib.cache import cached_call
-from normlib.optim import SGDWDMimic, channel_norms
-from normlib.params import Param, ParameterError
+from normlib import claims, data, models, presets
+from normlib import theory as default_theory
+from normlib.experiments.protocol import Experiment, Predictions
+from normlib.optim import SGDWDMimic
+from normlib.params import Config, Param, ParameterError
+from normlib.probes import ChannelRecorder
 from normlib.runtime import derive_seed, resolve_device, torch_threads
-from normlib.train import TrainConfig, train
+from normlib.train import TrainConfig, load_splits, train
 from normlib.train import evaluate as test_accuracy
 
 NOTEBOOK = "07_weight_decay_effective_lr"
@@ -96,19 +99,19 @@ PAPER_VALUES = {**_COMMON, "arch": "vgg", "width": 64, "correction_interval": "e
                 "paper_small_batch": False}
 
 
-def _check_weight_decay(config: dict[str, Any]) -> None:
+def _check_weight_decay(config: Mapping[str, Any]) -> None:
     if config["weight_decay"] <= 0:
         raise ParameterError(f"parameter 'weight_decay': invalid value {config['weight_decay']!r}; allowed: a "
                              "positive number (with 0 the WD-on and WD-off runs are the same run)")
 
 
-def _check_scales(config: dict[str, Any]) -> None:
+def _check_scales(config: Mapping[str, Any]) -> None:
     if any(c <= 0 for c in config["invariance_scales"]):
         raise ParameterError(f"parameter 'invariance_scales': invalid value {config['invariance_scales']!r}; "
                              "allowed: positive numbers (BN(c w x) = BN(w x) holds for c > 0)")
 
 
-def _check_arch_data(config: dict[str, Any]) -> None:
+def _check_arch_data(config: Mapping[str, Any]) -> None:
     if config["arch"] == "vgg" and config["dataset"] == "fashion-mnist":
         raise ParameterError("parameter 'arch': invalid value 'vgg' for dataset 'fashion-mnist'; allowed: cnn "
                              "(VGG-11's five 2x2 max-pools need 32x32 images: cifar10, cifar100, synthetic)")
@@ -118,16 +121,11 @@ SPEC = presets.training_spec(extra_params=OWN_PARAMS, book=BOOK, paper=PAPER_VAL
                              checks=(_check_weight_decay, _check_scales, _check_arch_data))
 
 
-def resolve(preset: str = "book", **overrides: Any) -> dict[str, Any]:
-    """The validated configuration of this notebook (see :meth:`normlib.params.ParamSpec.resolve`)."""
-    return SPEC.resolve(preset, **overrides)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The network and its scale-invariant weights
 # ----------------------------------------------------------------------------------------------------------------
 
-def build_network(config: dict[str, Any], in_channels: int, num_classes: int, seed: int) -> nn.Module:
+def build_network(config: Mapping[str, Any], in_channels: int, num_classes: int, seed: int) -> nn.Module:
     """The seeded network of ``config`` with BatchNorm: ``make_cnn(CNN_TEMPLATE, width=...)`` or
     ``make_vgg("A", width=...)``; with ``init="torch"`` every conv and Linear is re-initialized with PyTorch's
     default (as the paper's ``vgg.py``, which does no custom init)."""
@@ -155,11 +153,10 @@ def last_layer_params(model: nn.Module) -> list[nn.Parameter]:
     return list(model.classifier.parameters())
 
 
-def load_data(config: dict[str, Any]) -> tuple[data.Dataset, data.Dataset]:
-    """The training subset and the test split of ``config`` (subsets drawn with ``seed``)."""
-    name = config["dataset"]
-    return (data.load_dataset(name, split="train", subset=config["subset"], seed=config["seed"]),
-            data.load_dataset(name, split="test", subset=config["test_subset"], seed=config["seed"]))
+def load_data(config: Mapping[str, Any]) -> tuple[data.Dataset, data.Dataset]:
+    """The training subset and the test split of ``config`` (subsets drawn with ``seed``):
+    :func:`normlib.train.load_splits` of :func:`normlib.presets.dataset_options`."""
+    return load_splits(presets.dataset_options(config), config["seed"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,7 +189,7 @@ def _forward_unit(model: nn.Module, unit_index: int, images: torch.Tensor, label
 NO_EPS = 1e-30
 
 
-def invariance_frame(config: dict[str, Any], model: nn.Module, images: torch.Tensor,
+def invariance_frame(config: Mapping[str, Any], model: nn.Module, images: torch.Tensor,
                      labels: torch.Tensor) -> pd.DataFrame:
     """One row per (dtype, eps, unit, scale): relative deviations under :math:`W\\to cW` of the unit.
 
@@ -201,8 +198,9 @@ def invariance_frame(config: dict[str, Any], model: nn.Module, images: torch.Ten
     (:math:`\\max|\\hat y(cW)-\\hat y(W)|/\\max|\\hat y(W)|`, pre-affine BN output), ``loss_dev``
     (:math:`|L(cW)-L(W)|/L(W)`), ``grad_dev`` (:math:`\\lVert c\\,g(cW)-g(W)\\rVert/\\lVert g(W)\\rVert`), and for
     :math:`\\epsilon>0`: ``ratio_dev`` (largest :math:`|r_c-1|` over channels of the per-channel least-squares ratio
-    :math:`r_c=\\sum\\hat y(cW)\\hat y(W)/\\sum\\hat y(W)^2`) and ``ratio_err`` (largest relative error of
-    :math:`r_c` against :func:`normlib.theory.bn_eps_ratio`, with the channel's batch variance of the conv output).
+    :math:`r_c=\\sum\\hat y(cW)\\hat y(W)/\\sum\\hat y(W)^2`), and ``ratio`` and ``variance``: every channel's
+    :math:`r_c` and batch variance of the conv output (lists), which :func:`eps_ratio_errors` compares with the
+    theory (NaN for :math:`\\epsilon=0`).
     """
     rows = []
     bn_eps = invariant_units(model)[0][2].eps
@@ -211,7 +209,7 @@ def invariance_frame(config: dict[str, Any], model: nn.Module, images: torch.Ten
         for _, _, norm in invariant_units(base):
             norm.eps = eps
         x = images.to(dtype)
-        for index, (name, conv, _) in enumerate(invariant_units(base)):
+        for index, (name, _, _) in enumerate(invariant_units(base)):
             loss0, z0, y0, g0 = _forward_unit(copy.deepcopy(base), index, x, labels)
             variance = z0.double().var(dim=(0, 2, 3), unbiased=False).cpu().numpy()
             for c in config["invariance_scales"]:
@@ -226,136 +224,26 @@ def invariance_frame(config: dict[str, Any], model: nn.Module, images: torch.Ten
                 if eps > NO_EPS:
                     y0d, y1d = y0.double(), y1.double()
                     ratio = ((y1d * y0d).sum(dim=(0, 2, 3)) / (y0d * y0d).sum(dim=(0, 2, 3))).cpu().numpy()
-                    predicted = theory.bn_eps_ratio(variance, eps, c)
-                    row.update(ratio_dev=float(np.max(np.abs(ratio - 1))),
-                               ratio_err=float(np.max(np.abs(ratio / predicted - 1))))
+                    row.update(ratio_dev=float(np.max(np.abs(ratio - 1))), ratio=ratio.tolist(),
+                               variance=variance.tolist())
                 rows.append(row)
     frame = pd.DataFrame(rows)
-    for column in ("ratio_dev", "ratio_err"):
+    for column in ("ratio_dev", "ratio", "variance"):
         if column not in frame:
             frame[column] = np.nan
     return frame
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Recording channels during training
-# ----------------------------------------------------------------------------------------------------------------
+def eps_ratio_errors(invariance: pd.DataFrame, theory: Any = default_theory) -> pd.Series:
+    """Per row of :func:`invariance_frame` with :math:`\\epsilon>0`: the largest relative error over channels of
+    the measured output ratio :math:`r_c` against ``theory.bn_eps_ratio`` (NaN on the other rows)."""
+    def error(row: pd.Series) -> float:
+        if not row["eps"] > NO_EPS:
+            return float("nan")
+        predicted = theory.bn_eps_ratio(np.asarray(row["variance"]), row["eps"], row["scale"])
+        return float(np.max(np.abs(np.asarray(row["ratio"]) / predicted - 1)))
 
-class ChannelRecorder:
-    """An ``on_step`` hook of :func:`normlib.train.train`: per output channel of each scale-invariant weight, on
-    every ``record_every``-th step, the squared norm before and after the step, the squared gradient norm,
-    :math:`\\langle w_t,g_t\\rangle`, the chord :math:`\\lVert\\hat w_{t+1}-\\hat w_t\\rVert`, the step's rate (the
-    param group's), the correction's step scale (1 when none), and the squared norm of the momentum buffer (NaN
-    without momentum). All in float64 from the float32 tensors.
-
-    ``reference`` ("step", "epoch" or None) also keeps the channel norms a correction run needs: before every step,
-    or at the end of every epoch. ``bn_terms`` also records, for BatchNorm's :math:`\\epsilon` term, each channel's
-    batch variance of the conv output and :math:`\\gamma\\,\\partial L/\\partial\\gamma` (at the weights before the
-    step). ``epoch_eval`` ``(steps_per_epoch, test_set)`` measures the test accuracy after every epoch.
-    """
-
-    def __init__(self, units: Sequence[tuple[str, nn.Module, nn.Module]], record_every: int = 1,
-                 reference: str | None = None, steps_per_epoch: int = 1, bn_terms: bool = False,
-                 epoch_eval: tuple[int, data.Dataset] | None = None):
-        self.units = list(units)
-        self.names = [name for name, _, _ in self.units]
-        self.weights = [conv.weight for _, conv, _ in self.units]
-        self.record_every, self.reference, self.steps_per_epoch = record_every, reference, steps_per_epoch
-        self.bn_terms, self.epoch_eval = bn_terms, epoch_eval
-        self.rows: dict[str, list[np.ndarray]] = {}
-        self.steps: list[int] = []
-        self.reference_norms: list[list[torch.Tensor]] = []
-        self.epoch_accuracy: list[tuple[int, float]] = []
-        self._hooks: list[Any] = []
-        self._variance: dict[int, torch.Tensor] = {}
-
-    # -- set-up, called by the optimizer factory once the model is on its device --------------------------------
-    def start(self) -> None:
-        self.prev = [w.detach().clone() for w in self.weights]
-        self.prev_gain = [norm.weight.detach().clone() for _, _, norm in self.units]
-        if self.reference == "step":
-            self.reference_norms.append([channel_norms(w) for w in self.weights])
-        if self.bn_terms:
-            for i, (_, conv, _) in enumerate(self.units):
-                self._hooks.append(conv.register_forward_hook(self._variance_hook(i)))
-
-    def _variance_hook(self, index: int) -> Callable:
-        def hook(module, inputs, output):
-            if module.training:
-                self._variance[index] = output.detach().double().var(dim=(0, 2, 3), unbiased=False)
-        return hook
-
-    def close(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-
-    def _lr_of(self, optimizer: torch.optim.Optimizer, weight: torch.Tensor) -> float:
-        for group in optimizer.param_groups:
-            if any(p is weight for p in group["params"]):
-                return float(group["lr"])
-        raise KeyError("weight not in the optimizer")
-
-    def __call__(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        record = step % self.record_every == 0
-        if record:
-            self.steps.append(step)
-            for i, (w, (_, _, norm)) in enumerate(zip(self.weights, self.units)):
-                self._record(i, w, norm, optimizer)
-        if self.reference == "step":
-            self.reference_norms.append([channel_norms(w) for w in self.weights])
-        end_of_epoch = (step + 1) % self.steps_per_epoch == 0
-        if self.reference == "epoch" and end_of_epoch:
-            self.reference_norms.append([channel_norms(w) for w in self.weights])
-        if self.epoch_eval is not None and end_of_epoch:
-            steps_per_epoch, test_set = self.epoch_eval
-            self.epoch_accuracy.append(((step + 1) // steps_per_epoch, test_accuracy(model, test_set)))
-            model.train()
-        if (step + 1) % self.record_every == 0 or self.bn_terms:
-            self.prev = [w.detach().clone() for w in self.weights]
-            self.prev_gain = [norm.weight.detach().clone() for _, _, norm in self.units]
-
-    def _record(self, i: int, w: torch.Tensor, norm: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        channels = w.shape[0]
-        before = self.prev[i].reshape(channels, -1).double()
-        after = w.detach().reshape(channels, -1).double()
-        grad = w.grad.detach().reshape(channels, -1).double()
-        n_before, n_after = before.pow(2).sum(1), after.pow(2).sum(1)
-        chord = (after / n_after.sqrt()[:, None] - before / n_before.sqrt()[:, None]).norm(dim=1)
-        values = {"norm_sq_before": n_before, "norm_sq_after": n_after, "grad_sq": grad.pow(2).sum(1),
-                  "w_dot_g": (before * grad).sum(1), "chord": chord}
-        lr = self._lr_of(optimizer, w)
-        scale = torch.ones(channels, dtype=torch.float64, device=w.device)
-        if isinstance(optimizer, SGDWDMimic) and any(p is w for p in optimizer.corrected_params()):
-            scale = n_before / optimizer._reference[w].double() ** 2
-        values["lr"] = torch.full((channels,), lr, dtype=torch.float64, device=w.device)
-        values["step_scale"] = scale
-        buffer = optimizer.state.get(w, {}).get("momentum_buffer") if hasattr(optimizer, "state") else None
-        values["buffer_sq"] = (buffer.detach().reshape(channels, -1).double().pow(2).sum(1) if buffer is not None
-                               else torch.full((channels,), math.nan, dtype=torch.float64, device=w.device))
-        if self.bn_terms:
-            gain = self.prev_gain[i].double()
-            values["bn_variance"] = self._variance[i]
-            values["gain_grad"] = gain * norm.weight.grad.detach().double()
-        stacked = torch.stack(list(values.values())).cpu().numpy()
-        self.rows.setdefault(self.names[i], []).append(stacked)
-        self._columns = list(values)
-
-    def frame(self) -> pd.DataFrame:
-        """The records, one row per (step, layer, channel)."""
-        frames = []
-        for name in self.names:
-            blocks = self.rows.get(name, [])
-            if not blocks:
-                continue
-            stacked = np.stack(blocks)  # (records, quantities, channels)
-            records, _, channels = stacked.shape
-            frame = pd.DataFrame({col: stacked[:, j, :].ravel() for j, col in enumerate(self._columns)})
-            frame.insert(0, "channel", np.tile(np.arange(channels), records))
-            frame.insert(0, "layer", name)
-            frame.insert(0, "step", np.repeat(np.asarray(self.steps[:records]), channels))
-            frames.append(frame)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return invariance.apply(error, axis=1).astype(float)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,11 +273,12 @@ def _reference_at(reference: list[list[torch.Tensor]], interval: str, step: int,
     return reference[min(index, len(reference) - 1)]
 
 
-def train_run(config: dict[str, Any], run: str, seed: int, train_set: data.Dataset, test_set: data.Dataset,
+def train_run(config: Mapping[str, Any], run: str, seed: int, train_set: data.Dataset, test_set: data.Dataset,
               reference: list[list[torch.Tensor]] | None = None) -> dict[str, Any]:
     """One of the three runs (``wd_on``, ``wd_off``, ``corrected``) with ``seed``; ``reference`` (the ``wd_on``
     run's norms of the same seed) is needed by ``corrected``. Returns the outcome, the loss history, the channel
-    records, the per-epoch test accuracies and, for ``wd_on``, the reference norms."""
+    records (:class:`normlib.probes.ChannelRecorder`), the per-epoch test accuracies (with ``test_every_epoch``)
+    and, for ``wd_on``, the reference norms."""
     if run not in RUNS:
         raise ValueError(f"unknown run {run!r}; allowed: {', '.join(RUNS)}")
     if run == "corrected" and not reference:
@@ -399,8 +288,8 @@ def train_run(config: dict[str, Any], run: str, seed: int, train_set: data.Datas
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     interval = config["correction_interval"]
     recorder = ChannelRecorder(invariant_units(model), config["record_every"],
-                               reference=interval if run == "wd_on" else None, steps_per_epoch=steps_per_epoch,
-                               epoch_eval=(steps_per_epoch, test_set) if config["test_every_epoch"] else None)
+                               reference=interval if run == "wd_on" else None, steps_per_epoch=steps_per_epoch)
+    epoch_accuracy: list[tuple[int, float]] = []
 
     def factory(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         groups = _param_groups(net, run, cfg.weight_decay)
@@ -414,6 +303,9 @@ def train_run(config: dict[str, Any], run: str, seed: int, train_set: data.Datas
 
     def on_step(step: int, net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         recorder(step, net, optimizer)
+        if config["test_every_epoch"] and (step + 1) % steps_per_epoch == 0:
+            epoch_accuracy.append(((step + 1) // steps_per_epoch, test_accuracy(net, test_set)))
+            net.train()
         if run == "corrected":
             optimizer.set_reference_norms(_reference_at(reference, interval, step + 1, steps_per_epoch))
 
@@ -423,17 +315,17 @@ def train_run(config: dict[str, Any], run: str, seed: int, train_set: data.Datas
             "train_accuracy": float(result.train_accuracy), "diverged": bool(result.diverged),
             "diverged_step": result.diverged_step, "steps": int(len(result.history)),
             "steps_per_epoch": steps_per_epoch, "history": result.history[["step", "epoch", "loss", "lr"]],
-            "channels": recorder.frame(), "epoch_accuracy": recorder.epoch_accuracy,
+            "channels": recorder.frame(), "epoch_accuracy": epoch_accuracy,
             "reference": [[n.cpu() for n in norms] for norms in recorder.reference_norms] if run == "wd_on" else None}
 
 
-def plain_sgd_run(config: dict[str, Any], train_set: data.Dataset) -> pd.DataFrame:
+def plain_sgd_run(config: Mapping[str, Any], train_set: data.Dataset) -> pd.DataFrame:
     """``sgd_steps`` steps of plain SGD (momentum 0, no weight decay, the constant rate ``lr``) from the same
     initialization, recording every channel at every step with BatchNorm's :math:`\\epsilon` terms."""
     tc = presets.train_config(config, momentum=0.0, weight_decay=0.0, schedule="constant", lr_milestones=[],
                               warmup_epochs=0.0, max_steps=config["sgd_steps"], progress=False)
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
-    tc = dataclass_replace(tc, epochs=max(1, math.ceil(config["sgd_steps"] / steps_per_epoch)))
+    tc = dataclasses.replace(tc, epochs=max(1, math.ceil(config["sgd_steps"] / steps_per_epoch)))
     model = build_network(config, train_set.channels, train_set.num_classes, config["seed"])
     recorder = ChannelRecorder(invariant_units(model), 1, bn_terms=True, steps_per_epoch=steps_per_epoch)
 
@@ -448,12 +340,7 @@ def plain_sgd_run(config: dict[str, Any], train_set: data.Dataset) -> pd.DataFra
     return frame
 
 
-def dataclass_replace(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of ``config`` with ``changes`` (validated again)."""
-    return TrainConfig(**{**config.to_dict(), **changes})
-
-
-def measure_uncached(config: dict[str, Any]) -> dict[str, Any]:
+def measure_all(config: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the notebook shows: ``invariance`` (:func:`invariance_frame`), ``sgd`` (the plain run's channel
     records), ``runs`` (one row per run and repeat: ``run, repeat, seed, test_accuracy, train_accuracy, diverged,
     diverged_step, steps``), ``channels`` (the three runs' channel records with ``run, repeat``), ``history`` (their
@@ -464,7 +351,7 @@ def measure_uncached(config: dict[str, Any]) -> dict[str, Any]:
         return _measure(config, device)
 
 
-def _measure(config: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def _measure(config: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     train_set, test_set = load_data(config)
     model = build_network(config, train_set.channels, train_set.num_classes, config["seed"]).to(device)
     batch = next(iter(data.batches(train_set.to(device), config["invariance_batch"], seed=config["seed"],
@@ -491,13 +378,6 @@ def _measure(config: dict[str, Any], device: torch.device) -> dict[str, Any]:
             "test_size": len(test_set)}
 
 
-def measure(config: dict[str, Any], cache: bool = True) -> dict[str, Any]:
-    """:func:`measure_uncached` through the result cache, so the book, ``normlib claims`` and a re-run share it."""
-    if cache:
-        return cached_call(measure_uncached, {"config": config})
-    return measure_uncached(config)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Theory against measurement
 # ----------------------------------------------------------------------------------------------------------------
@@ -506,7 +386,7 @@ def measure(config: dict[str, Any], cache: bool = True) -> dict[str, Any]:
 UNIT_ROUNDOFF_32 = 2.0**-24
 
 
-def angular_frame(sgd: pd.DataFrame) -> pd.DataFrame:
+def angular_frame(sgd: pd.DataFrame, theory: Any = default_theory) -> pd.DataFrame:
     """The plain SGD run's angular steps against the predictions: ``x`` (the first-order angle
     :math:`\\eta\\lVert g\\rVert/\\lVert w\\rVert=\\eta\\lVert\\tilde g\\rVert/\\lVert w\\rVert^2`), ``first_order_dev``
     (chord / x - 1), ``second_order`` (the derived :math:`-3x^2/8`) and ``exact_dev`` (chord / the exact chord - 1)."""
@@ -518,7 +398,7 @@ def angular_frame(sgd: pd.DataFrame) -> pd.DataFrame:
                          "effective_lr": theory.effective_lr(sgd["lr"], np.sqrt(sgd["norm_sq_before"]))})
 
 
-def recursion_frame(sgd: pd.DataFrame, eps: float = 1e-5) -> pd.DataFrame:
+def recursion_frame(sgd: pd.DataFrame, eps: float = 1e-5, theory: Any = default_theory) -> pd.DataFrame:
     """Per channel of the plain SGD run: the measured growth :math:`\\lVert w_T\\rVert^2-\\lVert w_0\\rVert^2`, the
     recursion's :math:`\\sum_t\\eta_t^2\\lVert g_t\\rVert^2` (``ideal``), with BatchNorm's :math:`\\epsilon` term
     :math:`-2\\eta_t\\langle w_t,g_t\\rangle` predicted by :func:`normlib.theory.bn_eps_orthogonality` (``with_eps``),
@@ -553,7 +433,7 @@ def layer_curves(channels: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def first_phase(config: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]:
+def first_phase(config: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, int]:
     """The steps ``[start, end)`` of the second half of the first constant-rate phase (before the first milestone,
     or of the whole run): where the weight-decay run should have settled at its equilibrium."""
     total = config["epochs"] * steps_per_epoch
@@ -561,7 +441,8 @@ def first_phase(config: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]
     return end // 2, end
 
 
-def equilibrium(config: dict[str, Any], measured: dict[str, Any]) -> dict[str, float]:
+def equilibrium(config: Mapping[str, Any], measured: dict[str, Any], theory: Any = default_theory
+                ) -> dict[str, float]:
     """The ``wd_on`` runs' root-mean-square angular step over :func:`first_phase` (all channels and repeats) and the
     derived equilibrium :func:`normlib.theory.equilibrium_angular_step` at the phase's rate; the same for
     ``wd_off`` (no equilibrium: it keeps slowing down)."""
@@ -582,7 +463,7 @@ def accuracy_table(measured: dict[str, Any]) -> pd.DataFrame:
     return runs.pivot(index="repeat", columns="run", values="test_accuracy")[list(RUNS)]
 
 
-def gap_stats(measured: dict[str, Any], test_size: int) -> dict[str, float]:
+def gap_stats(measured: dict[str, Any], test_size: int, theory: Any = default_theory) -> dict[str, float]:
     """The accuracy comparison of the three runs, over the repeats in which none of the three diverged.
 
     ``on, off, corrected``: mean test accuracies; ``gap = on - off``; ``fraction``: the share of the gap the
@@ -635,63 +516,87 @@ EQUILIBRIUM_TOL = 0.15
 FRACTION_MIN = 0.5
 
 
-def check_claims(config: dict[str, Any], measured: dict[str, Any]) -> list[claims.ClaimCheck]:
-    """W.invariance, W.gradient (paper (1), (2), float64, epsilon 0), W.eps (derived epsilon ratio), W.angular
-    (paper's first-order effective step), W.recursion (derived exact norm recursion with BatchNorm's epsilon term,
-    within the float32 rounding bound), W.equilibrium (derived angular step at the weight-decay equilibrium), W.gap
-    (weight decay beats its absence beyond the noise) and W.correction (the corrected run closes most of the gap)."""
-    inv = measured["invariance"]
-    exact = inv[(inv.dtype == "float64") & (inv.eps < 1e-20)]
-    with_eps = inv[inv.eps > 1e-20]
-    checks = [
-        claims.check_at_most("W.invariance", PAPER, "BN(c W x) = BN(W x) for c > 0 (float64, epsilon 0): largest "
-                             "relative change of the BN output or the loss", INVARIANCE_TOL,
-                             float(max(exact["output_dev"].max(), exact["loss_dev"].max())), source="paper"),
-        claims.check_at_most("W.gradient", PAPER, "the gradient scales as 1/c: largest ||c g(cW) - g(W)|| / "
-                             "||g(W)|| (float64, epsilon 0)", GRADIENT_TOL, float(exact["grad_dev"].max()),
-                             source="paper"),
-        claims.check_at_most("W.eps", PAPER, "with BatchNorm's epsilon the output ratio is sqrt((s2+eps)/"
-                             "(s2+eps/c^2)): largest relative error (float64)", EPS_RATIO_TOL,
-                             float(with_eps["ratio_err"].max())),
-    ]
-    angular = angular_frame(measured["sgd"])
-    checks.append(claims.check_at_most(
-        "W.angular", PAPER, "plain SGD: each channel's angular step is eta ||g~|| / ||w||^2 to first order (95th "
-        "percentile of the relative deviation)", ANGULAR_TOL,
-        float(np.quantile(angular["first_order_dev"].abs(), 0.95)), source="paper"))
-    recursion = recursion_frame(measured["sgd"], float(exact_eps(measured)))
-    checks.append(claims.check_at_most(
-        "W.recursion", PAPER, "plain SGD, no WD: ||w_T||^2 - ||w_0||^2 = sum eta^2 ||g||^2 + BN's epsilon term, "
-        "within float32 rounding (worst channel's |residual| / rounding bound)", 1.0,
-        float(recursion["residual_over_bound"].max())))
-    eq = equilibrium(config, measured)
-    checks.append(claims.check_close(
-        "W.equilibrium", PAPER, f"WD on: the angular step settles at sqrt(2 eta lambda / (1 + beta)) (RMS, steps "
-        f"{eq['start']}-{eq['end'] - 1})", eq["predicted"], eq["rms_wd_on"], rel_tol=EQUILIBRIUM_TOL))
-    gaps = gap_stats(measured, measured["test_size"])
-    paper_gap = PAPER_ACCURACY["wd_on"] - PAPER_ACCURACY["wd_off"]
-    checks.append(claims.check_true(
-        "W.gap", PAPER, f"WD on beats WD off by more than twice the standard error of the difference "
-        f"({gaps['usable']} usable repeat(s))", paper_gap, gaps["gap"],
-        bool(np.isfinite(gaps["gap"]) and gaps["gap"] > gaps["threshold"]),
-        f"gap > {gaps['threshold']:.3g}", source="paper"))
-    paper_fraction = theory.gap_closed_fraction(PAPER_ACCURACY["wd_on"], PAPER_ACCURACY["wd_off"],
-                                                PAPER_ACCURACY["corrected"])
-    resolved = bool(np.isfinite(gaps["gap"]) and gaps["gap"] > gaps["threshold"])
-    checks.append(claims.check_true(
-        "W.correction", PAPER, "the LR correction closes most of the WD-on/WD-off gap (fraction closed; needs a gap "
-        "beyond the noise)", paper_fraction, gaps["fraction"],
-        bool(resolved and np.isfinite(gaps["fraction"]) and gaps["fraction"] >= FRACTION_MIN),
-        f">= {FRACTION_MIN:g}, gap resolved", source="paper"))
-    return checks
-
-
 def exact_eps(measured: dict[str, Any]) -> float:
     """BatchNorm's own epsilon, as recorded by the invariance measurement."""
     inv = measured["invariance"]
     return float(inv[inv.eps > 1e-20]["eps"].iloc[0])
 
 
-def evaluate(config: dict[str, Any]) -> list[claims.ClaimCheck]:
-    """Measure (through the result cache) and check every claim of this notebook."""
-    return check_claims(config, measure(config))
+class WeightDecay(Experiment):
+    """Hoffer et al.: scale invariance, the effective step size, and weight decay as a learning-rate control."""
+
+    notebook = NOTEBOOK
+    title = TITLE
+    paper = PAPER
+    spec = SPEC
+
+    def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, Any]:
+        """:func:`measure_all` (one process: the runs of a repeat depend on each other through the reference
+        norms)."""
+        return measure_all(config)
+
+    def predict(self, config: Config, measured: dict[str, Any], *, theory: Any = default_theory) -> Predictions:
+        """The theory applied to what was measured: ``eps_ratio_err`` (:func:`eps_ratio_errors`), ``angular``
+        (:func:`angular_frame`), ``recursion`` (:func:`recursion_frame`), ``equilibrium`` (:func:`equilibrium`),
+        ``gaps`` (:func:`gap_stats`) and ``paper_fraction``, the share of the gap the paper's own corrected run
+        closes."""
+        return {
+            "eps_ratio_err": eps_ratio_errors(measured["invariance"], theory),
+            "angular": angular_frame(measured["sgd"], theory),
+            "recursion": recursion_frame(measured["sgd"], float(exact_eps(measured)), theory),
+            "equilibrium": equilibrium(config, measured, theory),
+            "gaps": gap_stats(measured, measured["test_size"], theory),
+            "paper_fraction": theory.gap_closed_fraction(PAPER_ACCURACY["wd_on"], PAPER_ACCURACY["wd_off"],
+                                                         PAPER_ACCURACY["corrected"]),
+        }
+
+    def check(self, config: Config, measured: dict[str, Any], predicted: Predictions) -> list[claims.ClaimCheck]:
+        """W.invariance, W.gradient (paper (1), (2), float64, epsilon 0), W.eps (derived epsilon ratio), W.angular
+        (paper's first-order effective step), W.recursion (derived exact norm recursion with BatchNorm's epsilon
+        term, within the float32 rounding bound), W.equilibrium (derived angular step at the weight-decay
+        equilibrium), W.gap (weight decay beats its absence beyond the noise) and W.correction (the corrected run
+        closes most of the gap)."""
+        inv = measured["invariance"]
+        exact = inv[(inv.dtype == "float64") & (inv.eps < 1e-20)]
+        checks = [
+            claims.check_at_most("W.invariance", PAPER, "BN(c W x) = BN(W x) for c > 0 (float64, epsilon 0): "
+                                 "largest relative change of the BN output or the loss", INVARIANCE_TOL,
+                                 float(max(exact["output_dev"].max(), exact["loss_dev"].max())), source="paper"),
+            claims.check_at_most("W.gradient", PAPER, "the gradient scales as 1/c: largest ||c g(cW) - g(W)|| / "
+                                 "||g(W)|| (float64, epsilon 0)", GRADIENT_TOL, float(exact["grad_dev"].max()),
+                                 source="paper"),
+            claims.check_at_most("W.eps", PAPER, "with BatchNorm's epsilon the output ratio is sqrt((s2+eps)/"
+                                 "(s2+eps/c^2)): largest relative error (float64)", EPS_RATIO_TOL,
+                                 float(predicted["eps_ratio_err"][inv.eps > 1e-20].max())),
+        ]
+        angular = predicted["angular"]
+        checks.append(claims.check_at_most(
+            "W.angular", PAPER, "plain SGD: each channel's angular step is eta ||g~|| / ||w||^2 to first order (95th "
+            "percentile of the relative deviation)", ANGULAR_TOL,
+            float(np.quantile(angular["first_order_dev"].abs(), 0.95)), source="paper"))
+        recursion = predicted["recursion"]
+        checks.append(claims.check_at_most(
+            "W.recursion", PAPER, "plain SGD, no WD: ||w_T||^2 - ||w_0||^2 = sum eta^2 ||g||^2 + BN's epsilon term, "
+            "within float32 rounding (worst channel's |residual| / rounding bound)", 1.0,
+            float(recursion["residual_over_bound"].max())))
+        eq = predicted["equilibrium"]
+        checks.append(claims.check_close(
+            "W.equilibrium", PAPER, f"WD on: the angular step settles at sqrt(2 eta lambda / (1 + beta)) (RMS, steps "
+            f"{eq['start']}-{eq['end'] - 1})", eq["predicted"], eq["rms_wd_on"], rel_tol=EQUILIBRIUM_TOL))
+        gaps = predicted["gaps"]
+        paper_gap = PAPER_ACCURACY["wd_on"] - PAPER_ACCURACY["wd_off"]
+        checks.append(claims.check_true(
+            "W.gap", PAPER, f"WD on beats WD off by more than twice the standard error of the difference "
+            f"({gaps['usable']} usable repeat(s))", paper_gap, gaps["gap"],
+            bool(np.isfinite(gaps["gap"]) and gaps["gap"] > gaps["threshold"]),
+            f"gap > {gaps['threshold']:.3g}", source="paper"))
+        resolved = bool(np.isfinite(gaps["gap"]) and gaps["gap"] > gaps["threshold"])
+        checks.append(claims.check_true(
+            "W.correction", PAPER, "the LR correction closes most of the WD-on/WD-off gap (fraction closed; needs a "
+            "gap beyond the noise)", predicted["paper_fraction"], gaps["fraction"],
+            bool(resolved and np.isfinite(gaps["fraction"]) and gaps["fraction"] >= FRACTION_MIN),
+            f">= {FRACTION_MIN:g}, gap resolved", source="paper"))
+        return checks
+
+
+EXPERIMENT = WeightDecay()

@@ -14,7 +14,8 @@ independently of :math:`x_l`, so :math:`\mathbb E[x_l\,b_l]=0` and
 i.e. **linearly**. :math:`p=1` for the normalizers that centre and scale (BN, LN, IN, GN) and for FRN, whose output
 has unit second moment by construction.
 
-* Pre-activation block (no activation after the sum): :math:`m_{l+1} = m_l + \alpha^2 p` exactly (:func:`linear_growth`).
+* Pre-activation block (no activation after the sum): :math:`m_{l+1} = m_l + \alpha^2 p` exactly
+  (:func:`linear_growth`).
 * Post-activation block (the paper's ResNet, a ReLU after the sum): :math:`x_{l+1}=\max(0, x_l+\alpha b_l)`. Treating
   each entry's successive branch outputs as independent :math:`\mathcal N(0,\alpha^2 p)` steps, the stream is a
   Gaussian random walk reflected at zero (the Lindley recursion of queueing theory), whose second moment still
@@ -330,8 +331,10 @@ def mean_field_stream(
     borders, :func:`padding_leak`); a normalizer rescales to ``norm_power``; activations act
     entry-wise. The blocks are those of :mod:`normlib.models`:
 
-    * post: :math:`x' = \mathrm{act}(\text{short}(x) + g\,\mathrm{norm}(\mathrm{conv}(\mathrm{act}(\mathrm{norm}(\mathrm{conv}(x))))))`
-    * pre: :math:`x' = \text{short}(h) + \alpha g\,\mathrm{conv}(\mathrm{act}(\mathrm{norm}(\mathrm{conv}(\mathrm{act}(\mathrm{norm}(h))))))`,
+    * post: :math:`x' = \mathrm{act}(\text{short}(x) + g\,\mathrm{norm}(\mathrm{conv}(
+      \mathrm{act}(\mathrm{norm}(\mathrm{conv}(x))))))`
+    * pre: :math:`x' = \text{short}(h) + \alpha g\,\mathrm{conv}(
+      \mathrm{act}(\mathrm{norm}(\mathrm{conv}(\mathrm{act}(\mathrm{norm}(h))))))`,
       :math:`h=x/\beta` (NF-ResNet; :math:`\alpha=\beta=1` without it)
 
     where the shortcut is the identity except in ``reset_blocks`` (a strided convolution and the normalizer),
