@@ -36,8 +36,9 @@ def seconds(fn: Callable[[], object], number: int) -> float:
     return (time.perf_counter() - start) / number
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], number: int, rounds: int, warmup: int = 2
-                ) -> dict[str, float]:
+def interleaved(
+    candidates: dict[str, Callable[[], object]], number: int, rounds: int, warmup: int = 2
+) -> dict[str, float]:
     """Median over ``rounds`` of the mean time of ``number`` calls, the candidates measured in turn in every round.
 
     Alternating the candidates round by round (in reversed order every other round) exposes them to the same

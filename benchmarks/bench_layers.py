@@ -32,6 +32,7 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor):
         x.grad = None
         layer.zero_grad(set_to_none=True)
         layer(x).backward(grad)
+
     return call
 
 
@@ -42,11 +43,20 @@ def main(number: int = 10, rounds: int = 11) -> list[Row]:
     rows = []
     print(f"bench_layers: forward+backward on {SHAPE}; {machine_note()}")
     for name, (ours, theirs) in PAIRS.items():
-        times = interleaved({"normlib": _forward_backward(ours(SHAPE[1]).train(), x, grad),
-                             "torch": _forward_backward(theirs(SHAPE[1]).train(), x, grad)}, number, rounds, warmup=5)
+        times = interleaved(
+            {
+                "normlib": _forward_backward(ours(SHAPE[1]).train(), x, grad),
+                "torch": _forward_backward(theirs(SHAPE[1]).train(), x, grad),
+            },
+            number,
+            rounds,
+            warmup=5,
+        )
         ratio = times["normlib"] / times["torch"]
-        print(f"  {name}: normlib {1e3 * times['normlib']:7.2f} ms   torch {1e3 * times['torch']:7.2f} ms   "
-              f"ratio {ratio:.3f}")
+        print(
+            f"  {name}: normlib {1e3 * times['normlib']:7.2f} ms   torch {1e3 * times['torch']:7.2f} ms   "
+            f"ratio {ratio:.3f}"
+        )
         rows.append(Row("layers", f"{name} time / torch's module", ratio, 1.1))
     return rows
 

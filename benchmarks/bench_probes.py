@@ -29,17 +29,26 @@ def main(rounds: int = 7) -> list[Row]:
     plain = TrainConfig(lr=0.01, batch_size=BATCH, epochs=1, device="cpu")
     every_step = TrainConfig(**{**plain.to_dict(), "probe_metrics": METRICS, "probe_every": 1})
     every_tenth = TrainConfig(**{**plain.to_dict(), "probe_metrics": METRICS, "probe_every": 10})
-    times = interleaved({"plain": lambda: train(model, images, config=plain),
-                         "every step": lambda: train(model, images, config=every_step),
-                         "every 10th": lambda: train(model, images, config=every_tenth)},
-                        number=1, rounds=rounds, warmup=1)
-    print(f"bench_probes: {STEPS} training steps, batch {BATCH}, book CNN, probes {', '.join(METRICS)}; "
-          f"{machine_note()}")
+    times = interleaved(
+        {
+            "plain": lambda: train(model, images, config=plain),
+            "every step": lambda: train(model, images, config=every_step),
+            "every 10th": lambda: train(model, images, config=every_tenth),
+        },
+        number=1,
+        rounds=rounds,
+        warmup=1,
+    )
+    print(
+        f"bench_probes: {STEPS} training steps, batch {BATCH}, book CNN, probes {', '.join(METRICS)}; {machine_note()}"
+    )
     rows = []
     for name in ("every step", "every 10th"):
         ratio = times[name] / times["plain"]
-        print(f"  without probes {1e3 * times['plain'] / STEPS:7.2f} ms/step   probes {name:>10} "
-              f"{1e3 * times[name] / STEPS:7.2f} ms/step   ratio {ratio:.3f}")
+        print(
+            f"  without probes {1e3 * times['plain'] / STEPS:7.2f} ms/step   probes {name:>10} "
+            f"{1e3 * times[name] / STEPS:7.2f} ms/step   ratio {ratio:.3f}"
+        )
         rows.append(Row("probes", f"training step, probes {name} / without", ratio, 1.10))
     return rows
 

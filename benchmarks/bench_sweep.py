@@ -30,8 +30,12 @@ GRID = {
 
 def _run(workers: int) -> float:
     start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(1,),
+    ) as pool:
         sweep(train_model, GRID, executor=pool, cache=False, progress=False)
     return time.perf_counter() - start
 

@@ -26,12 +26,18 @@ def main() -> list[Row]:
     start = time.perf_counter()
     result = train_model("cnn", {**BOOK_CNN, "norm": "bn"}, dataset_options(config), cfg.to_dict())
     wall = time.perf_counter() - start
-    print(f"bench_train: book preset, cnn {BOOK_CNN['cfg']} + BN, {config['subset']} Fashion-MNIST images x "
-          f"{cfg.epochs} epochs, batch {cfg.batch_size}, peak LR {cfg.peak_lr:g}; {machine_note()}")
-    print(f"  test accuracy {result.test_accuracy:.4f}   train accuracy (last epoch) {result.train_accuracy:.4f}   "
-          f"wall {wall:.1f} s (training + evaluation {result.wall_time_s:.1f} s)   diverged {result.diverged}")
-    return [Row("train", "book CNN: test accuracy", result.test_accuracy, 0.85, higher_is_better=True),
-            Row("train", "book CNN: wall time (s)", wall, 60.0)]
+    print(
+        f"bench_train: book preset, cnn {BOOK_CNN['cfg']} + BN, {config['subset']} Fashion-MNIST images x "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, peak LR {cfg.peak_lr:g}; {machine_note()}"
+    )
+    print(
+        f"  test accuracy {result.test_accuracy:.4f}   train accuracy (last epoch) {result.train_accuracy:.4f}   "
+        f"wall {wall:.1f} s (training + evaluation {result.wall_time_s:.1f} s)   diverged {result.diverged}"
+    )
+    return [
+        Row("train", "book CNN: test accuracy", result.test_accuracy, 0.85, higher_is_better=True),
+        Row("train", "book CNN: wall time (s)", wall, 60.0),
+    ]
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ def _notebook_path(notebook: str) -> Path:
     candidate = NOTEBOOK_DIR / f"{notebook_stem(notebook)}.md"
     if candidate.exists():
         return candidate
-    raise UsageError(f"notebook {notebook!r} not found (looked for {path} and {candidate}); "
-                     f"allowed: {', '.join(EXPERIMENTS)} (run from the book's root folder)")
+    raise UsageError(
+        f"notebook {notebook!r} not found (looked for {path} and {candidate}); "
+        f"allowed: {', '.join(EXPERIMENTS)} (run from the book's root folder)"
+    )
 
 
 def read_notebook(path: Path):
@@ -98,8 +100,10 @@ def command_run(args: argparse.Namespace) -> int:
         import jupytext  # noqa: F401  (read_notebook)
         import papermill
     except ImportError as error:
-        raise UsageError(f"`run` executes notebooks, which needs the notebook extra ({error.name} is not installed): "
-                         'pip install "normlib[notebook]"') from error
+        raise UsageError(
+            f"`run` executes notebooks, which needs the notebook extra ({error.name} is not installed): "
+            'pip install "normlib[notebook]"'
+        ) from error
 
     from normlib.claims import RUN_DIR_ENV
     from normlib.experiments import get_experiment, notebook_stem
@@ -120,8 +124,13 @@ def command_run(args: argparse.Namespace) -> int:
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     try:
         executed = papermill.execute_notebook(
-            notebook, str(run_dir / f"{stem}.ipynb"), parameters={"preset": args.preset, **params},
-            cwd=str(path.parent), kernel_name=args.kernel, progress_bar=not args.quiet, log_output=False,
+            notebook,
+            str(run_dir / f"{stem}.ipynb"),
+            parameters={"preset": args.preset, **params},
+            cwd=str(path.parent),
+            kernel_name=args.kernel,
+            progress_bar=not args.quiet,
+            log_output=False,
         )
     finally:
         if previous is None:
@@ -134,8 +143,10 @@ def command_run(args: argparse.Namespace) -> int:
     if claims_file.exists():
         records = json.loads(claims_file.read_text())
         failed = [r["id"] for r in records if not r["passed"]]
-        print(f"claims: {len(records) - len(failed)} of {len(records)} reproduced"
-              + (f"; not reproduced: {', '.join(failed)}" if failed else ""))
+        print(
+            f"claims: {len(records) - len(failed)} of {len(records)} reproduced"
+            + (f"; not reproduced: {', '.join(failed)}" if failed else "")
+        )
     return 0
 
 
@@ -177,8 +188,9 @@ def command_fetch(args: argparse.Namespace) -> int:
     from normlib import data
 
     if args.dataset not in data.DATASETS or args.dataset == "synthetic":
-        raise UsageError(f"unknown dataset {args.dataset!r}; allowed: "
-                         f"{', '.join(d for d in data.DATASETS if d != 'synthetic')}")
+        raise UsageError(
+            f"unknown dataset {args.dataset!r}; allowed: {', '.join(d for d in data.DATASETS if d != 'synthetic')}"
+        )
     folder = data.fetch(args.dataset, root=args.root)
     print(f"{args.dataset}: ready in {folder}")
     return 0
@@ -190,8 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="execute one notebook with other parameters")
     run.add_argument("notebook", help="notebook name or path, e.g. 01_stable_forward or notebooks/01_stable_forward.md")
-    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                     help="set a parameter (repeatable); VALUE is a Python literal or a plain string, lists as a,b,c")
+    run.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="set a parameter (repeatable); VALUE is a Python literal or a plain string, lists as a,b,c",
+    )
     run.add_argument("--preset", default="book", help="book (CPU, minutes) or paper (the paper's scale)")
     run.add_argument("--out", default="runs", help="folder that receives NAME-<hash>/ (default: runs)")
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
@@ -208,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = commands.add_parser("fetch", help="download a dataset (checksum-verified) into the data folder")
     fetch.add_argument("dataset", help="fashion-mnist, cifar10 or cifar100")
-    fetch.add_argument("--root", default=None,
-                       help="folder to download into (default: $NORMLIB_DATA or the user cache)")
+    fetch.add_argument(
+        "--root", default=None, help="folder to download into (default: $NORMLIB_DATA or the user cache)"
+    )
     fetch.set_defaults(handler=command_fetch)
     return parser
 

@@ -78,8 +78,10 @@ def _function_name(fn: Callable[..., Any]) -> str:
     if qualname is None or not callable(fn):
         raise TypeError(f"fn must be a function, got {type(fn).__name__}")
     if "<lambda>" in qualname or "<locals>" in qualname:
-        raise TypeError(f"cannot cache {fn.__module__}.{qualname}: a lambda or a function defined inside another "
-                        f"one is not identified by its name; define it at module level")
+        raise TypeError(
+            f"cannot cache {fn.__module__}.{qualname}: a lambda or a function defined inside another "
+            f"one is not identified by its name; define it at module level"
+        )
     return f"{fn.__module__}.{qualname}"
 
 
@@ -98,8 +100,10 @@ def _canonical(value: Any, where: str) -> Any:
             if not isinstance(k, str):
                 raise TypeError(f"config key {where}[{k!r}] is not a string; config keys must be strings")
         return {k: _canonical(v, f"{where}[{k!r}]") for k, v in value.items()}
-    raise TypeError(f"config value {where} has type {type(value).__name__}, which is not JSON-serializable; "
-                    f"use str, int, float, bool, None, or lists/dicts of them")
+    raise TypeError(
+        f"config value {where} has type {type(value).__name__}, which is not JSON-serializable; "
+        f"use str, int, float, bool, None, or lists/dicts of them"
+    )
 
 
 def cache_key(fn: Callable[..., Any], config: Mapping[str, Any]) -> str:
@@ -108,8 +112,12 @@ def cache_key(fn: Callable[..., Any], config: Mapping[str, Any]) -> str:
     Canonical: sorted keys, no whitespace, tuples as lists, floats in Python's shortest exact ``repr``. A value
     that is not JSON-serializable raises a TypeError naming its key.
     """
-    record = {"fn": _function_name(fn), "config": _canonical(config, "config"), "code": code_fingerprint(),
-              "torch": torch.__version__}
+    record = {
+        "fn": _function_name(fn),
+        "config": _canonical(config, "config"),
+        "code": code_fingerprint(),
+        "torch": torch.__version__,
+    }
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -119,8 +127,9 @@ def entry_path(key: str, root: str | os.PathLike | None = None) -> Path:
     return Path(root if root is not None else cache_root()) / key[:2] / f"{key}{SUFFIX}"
 
 
-def lookup(fn: Callable[..., Any], config: Mapping[str, Any], root: str | os.PathLike | None = None
-           ) -> tuple[bool, Any]:
+def lookup(
+    fn: Callable[..., Any], config: Mapping[str, Any], root: str | os.PathLike | None = None
+) -> tuple[bool, Any]:
     """``(True, result)`` if a valid entry for ``fn(**config)`` exists, else ``(False, None)``; computes nothing.
 
     An entry that is damaged, truncated, of another key or not in this format is logged and reported as a miss.
@@ -129,8 +138,14 @@ def lookup(fn: Callable[..., Any], config: Mapping[str, Any], root: str | os.Pat
     return _read(entry_path(key, root), key)
 
 
-def store(fn: Callable[..., Any], config: Mapping[str, Any], result: Any, root: str | os.PathLike | None = None,
-          *, strict: bool = False) -> bool:
+def store(
+    fn: Callable[..., Any],
+    config: Mapping[str, Any],
+    result: Any,
+    root: str | os.PathLike | None = None,
+    *,
+    strict: bool = False,
+) -> bool:
     """Store ``result`` as the entry of ``fn(**config)`` (atomically, replacing any entry); ``True`` if stored.
 
     For a caller that computed ``result`` itself, e.g. with an executor that is not part of the key: ``lookup``,
@@ -153,8 +168,9 @@ def _store(fn: Callable[..., Any], key: str, result: Any, root: str | os.PathLik
     return True
 
 
-def cached_call(fn: Callable[..., Any], config: Mapping[str, Any], *, root: str | os.PathLike | None = None,
-                refresh: bool = False) -> Any:
+def cached_call(
+    fn: Callable[..., Any], config: Mapping[str, Any], *, root: str | os.PathLike | None = None, refresh: bool = False
+) -> Any:
     """``fn(**config)``, from the cache when a valid entry exists, else computed and stored.
 
     ``root`` defaults to :func:`cache_root`; ``refresh=True`` recomputes and overwrites the entry. A result that
@@ -178,11 +194,11 @@ def _read(path: Path, key: str) -> tuple[bool, Any]:
     payload = blob[_HEADER:]
     if len(blob) < _HEADER:
         problem = f"truncated: {len(blob)} bytes"
-    elif blob[:len(MAGIC)] != MAGIC:
+    elif blob[: len(MAGIC)] != MAGIC:
         problem = "bad magic"
-    elif blob[len(MAGIC):len(MAGIC) + 64] != key.encode():
+    elif blob[len(MAGIC) : len(MAGIC) + 64] != key.encode():
         problem = "it holds another key"
-    elif blob[len(MAGIC) + 64:_HEADER] != hashlib.sha256(payload).digest():
+    elif blob[len(MAGIC) + 64 : _HEADER] != hashlib.sha256(payload).digest():
         problem = "checksum mismatch (damaged or truncated)"
     else:
         try:

@@ -61,8 +61,17 @@ def _finite(*values: float) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
-def check_close(id: str, paper: str, statement: str, predicted: float, measured: float, *,
-                rel_tol: float | None = None, abs_tol: float | None = None, source: str = "derived") -> ClaimCheck:
+def check_close(
+    id: str,
+    paper: str,
+    statement: str,
+    predicted: float,
+    measured: float,
+    *,
+    rel_tol: float | None = None,
+    abs_tol: float | None = None,
+    source: str = "derived",
+) -> ClaimCheck:
     """Passes when ``|measured - predicted| <= max(rel_tol * |predicted|, abs_tol)``; a non-finite side fails."""
     if rel_tol is None and abs_tol is None:
         raise ValueError("check_close needs rel_tol or abs_tol")
@@ -72,22 +81,33 @@ def check_close(id: str, paper: str, statement: str, predicted: float, measured:
     return ClaimCheck(id, paper, statement, float(predicted), float(measured), " or ".join(parts), bool(passed), source)
 
 
-def check_at_most(id: str, paper: str, statement: str, bound: float, measured: float, *,
-                  source: str = "derived") -> ClaimCheck:
+def check_at_most(
+    id: str, paper: str, statement: str, bound: float, measured: float, *, source: str = "derived"
+) -> ClaimCheck:
     """Passes when ``measured <= bound``; the bound is reported as the prediction."""
     passed = _finite(bound, measured) and measured <= bound
     return ClaimCheck(id, paper, statement, float(bound), float(measured), "at most", bool(passed), source)
 
 
-def check_at_least(id: str, paper: str, statement: str, bound: float, measured: float, *,
-                   source: str = "derived") -> ClaimCheck:
+def check_at_least(
+    id: str, paper: str, statement: str, bound: float, measured: float, *, source: str = "derived"
+) -> ClaimCheck:
     """Passes when ``measured >= bound``; the bound is reported as the prediction."""
     passed = _finite(bound, measured) and measured >= bound
     return ClaimCheck(id, paper, statement, float(bound), float(measured), "at least", bool(passed), source)
 
 
-def check_true(id: str, paper: str, statement: str, predicted: float, measured: float, passed: bool, tolerance: str,
-               *, source: str = "derived") -> ClaimCheck:
+def check_true(
+    id: str,
+    paper: str,
+    statement: str,
+    predicted: float,
+    measured: float,
+    passed: bool,
+    tolerance: str,
+    *,
+    source: str = "derived",
+) -> ClaimCheck:
     """A check whose verdict was computed by the caller (e.g. an ordering); both sides are still recorded."""
     return ClaimCheck(id, paper, statement, float(predicted), float(measured), tolerance, bool(passed), source)
 
@@ -97,8 +117,10 @@ def verdict_sentence(checks: list[ClaimCheck]) -> str:
     failed = [c.id for c in checks if not c.passed]
     if not failed:
         return f"All {len(checks)} checks reproduce the prediction."
-    return (f"{len(checks) - len(failed)} of {len(checks)} checks reproduce the prediction; the others are "
-            f"**not reproduced**: {', '.join(failed)}.")
+    return (
+        f"{len(checks) - len(failed)} of {len(checks)} checks reproduce the prediction; the others are "
+        f"**not reproduced**: {', '.join(failed)}."
+    )
 
 
 def to_frame(checks: list[ClaimCheck]) -> pd.DataFrame:
@@ -115,8 +137,9 @@ def _json_number(value: float) -> Any:
 def write_json(checks: list[ClaimCheck], path: str | os.PathLike) -> Path:
     """Write ``claims.json`` (one record per claim: id, predicted, measured, tolerance, passed, ...) atomically."""
     path = Path(path)
-    records = [{**asdict(c), "predicted": _json_number(c.predicted), "measured": _json_number(c.measured)}
-               for c in checks]
+    records = [
+        {**asdict(c), "predicted": _json_number(c.predicted), "measured": _json_number(c.measured)} for c in checks
+    ]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(records, indent=2) + "\n")
     os.replace(tmp, path)

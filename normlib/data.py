@@ -80,8 +80,12 @@ MEAN, STD = 0.5, 0.5
 
 _NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 #: The shape ``(C, H, W)`` of one example of each dataset (synthetic: its default).
-IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
-                                                 "cifar100": (3, 32, 32), "synthetic": (3, 32, 32)}
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "synthetic": (3, 32, 32),
+}
 _SYNTHETIC_SIZE = {"train": 1024, "test": 256}
 _SUBSET, _SYNTHETIC, _BATCHES = range(3)  # independent random streams of one seed
 
@@ -125,18 +129,42 @@ _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 SOURCES: dict[str, Source] = {
     s.filename: s
     for s in (
-        Source("train-images-idx3-ubyte.gz", _FASHION_URL + "train-images-idx3-ubyte.gz",
-               "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-        Source("train-labels-idx1-ubyte.gz", _FASHION_URL + "train-labels-idx1-ubyte.gz",
-               "25c81989df183df01b3e8a0aad5dffbe", "9018921c3c673c538a1fc5bad174d6f9"),
-        Source("t10k-images-idx3-ubyte.gz", _FASHION_URL + "t10k-images-idx3-ubyte.gz",
-               "bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
-        Source("t10k-labels-idx1-ubyte.gz", _FASHION_URL + "t10k-labels-idx1-ubyte.gz",
-               "bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
-        Source("cifar-10-python.tar.gz", _CIFAR_URL + "cifar-10-python.tar.gz",
-               "c58f30108f718f92721af3b95e74349a", "c58f30108f718f92721af3b95e74349a"),
-        Source("cifar-100-python.tar.gz", _CIFAR_URL + "cifar-100-python.tar.gz",
-               "eb9058c3a382ffc7106e4002c42a8d85", "eb9058c3a382ffc7106e4002c42a8d85"),
+        Source(
+            "train-images-idx3-ubyte.gz",
+            _FASHION_URL + "train-images-idx3-ubyte.gz",
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        ),
+        Source(
+            "train-labels-idx1-ubyte.gz",
+            _FASHION_URL + "train-labels-idx1-ubyte.gz",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "9018921c3c673c538a1fc5bad174d6f9",
+        ),
+        Source(
+            "t10k-images-idx3-ubyte.gz",
+            _FASHION_URL + "t10k-images-idx3-ubyte.gz",
+            "bef4ecab320f06d8554ea6380940ec79",
+            "8181f5470baa50b63fa0f6fddb340f0a",
+        ),
+        Source(
+            "t10k-labels-idx1-ubyte.gz",
+            _FASHION_URL + "t10k-labels-idx1-ubyte.gz",
+            "bb300cfdad3c16e7a12a480ee83cd310",
+            "15d484375f8d13e6eb1aabb0c3f46965",
+        ),
+        Source(
+            "cifar-10-python.tar.gz",
+            _CIFAR_URL + "cifar-10-python.tar.gz",
+            "c58f30108f718f92721af3b95e74349a",
+            "c58f30108f718f92721af3b95e74349a",
+        ),
+        Source(
+            "cifar-100-python.tar.gz",
+            _CIFAR_URL + "cifar-100-python.tar.gz",
+            "eb9058c3a382ffc7106e4002c42a8d85",
+            "eb9058c3a382ffc7106e4002c42a8d85",
+        ),
     )
 }
 
@@ -152,8 +180,10 @@ _FILES = {
 
 # tarball members per split, and the key of their labels
 _CIFAR_MEMBERS = {
-    "cifar10": {"train": [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)],
-                "test": ["cifar-10-batches-py/test_batch"]},
+    "cifar10": {
+        "train": [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)],
+        "test": ["cifar-10-batches-py/test_batch"],
+    },
     "cifar100": {"train": ["cifar-100-python/train"], "test": ["cifar-100-python/test"]},
 }
 _CIFAR_LABEL_KEY = {"cifar10": b"labels", "cifar100": b"fine_labels"}
@@ -199,9 +229,18 @@ class Dataset:
 # loading
 
 
-def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None, subset: int | None = None,
-                 seed: int = 0, download: bool = False, *, shape: tuple[int, ...] | None = None,
-                 num_classes: int | None = None, size: int | None = None) -> Dataset:
+def load_dataset(
+    name: str,
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+    *,
+    shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    size: int | None = None,
+) -> Dataset:
     """Load one split of a dataset as tensors, normalized as in the papers.
 
     Args:
@@ -228,8 +267,9 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     if name == "synthetic":
         return _synthetic(split, subset, seed, shape, num_classes, size)
     if (shape, num_classes, size) != (None, None, None):
-        raise ValueError(f"parameters 'shape', 'num_classes', 'size' apply to the synthetic dataset only, "
-                         f"not to {name!r}")
+        raise ValueError(
+            f"parameters 'shape', 'num_classes', 'size' apply to the synthetic dataset only, not to {name!r}"
+        )
     folder = _find(name, split, root)
     if folder is None:
         if not download:
@@ -241,12 +281,25 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         if not (download and folder == _download_dir(root) / name):
             raise
         images, labels = _read(name, split, fetch(name, root))
-    images, labels, indices = _take_subset(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)),
-                                           subset, seed, f"the {split} split of {name}")
+    images, labels, indices = _take_subset(
+        torch.from_numpy(images),
+        torch.from_numpy(labels.astype(np.int64)),
+        subset,
+        seed,
+        f"the {split} split of {name}",
+    )
     channels = images.shape[1]
-    return Dataset(images=_normalize(images), labels=labels, name=name, split=split,
-                   num_classes=_NUM_CLASSES[name], mean=(MEAN,) * channels, std=(STD,) * channels, source=folder,
-                   indices=indices)
+    return Dataset(
+        images=_normalize(images),
+        labels=labels,
+        name=name,
+        split=split,
+        num_classes=_NUM_CLASSES[name],
+        mean=(MEAN,) * channels,
+        std=(STD,) * channels,
+        source=folder,
+        indices=indices,
+    )
 
 
 def _check_choice(param: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -266,18 +319,23 @@ def _check_seed(seed: object) -> None:
 def _read(name: str, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images ``(N, C, H, W)`` and labels ``(N,)`` of one split, from verified files in ``folder``."""
     if name == "fashion-mnist":
-        (images, image_file), (labels, label_file) = (_read_verified_idx(folder, SOURCES[f], name)
-                                                      for f in _FILES[name][split])
+        (images, image_file), (labels, label_file) = (
+            _read_verified_idx(folder, SOURCES[f], name) for f in _FILES[name][split]
+        )
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise CorruptDataError(f"{image_file} and {label_file} do not fit together: images {images.shape}, "
-                                   f"labels {labels.shape}. {_refetch_hint(name, image_file)}")
+            raise CorruptDataError(
+                f"{image_file} and {label_file} do not fit together: images {images.shape}, "
+                f"labels {labels.shape}. {_refetch_hint(name, image_file)}"
+            )
         images = images[:, None]
     else:
         (tar_name,) = _FILES[name][split]
         images, labels = _read_cifar(folder / tar_name, name, split)
     if labels.size and labels.max() >= _NUM_CLASSES[name]:
-        raise CorruptDataError(f"labels in {folder} reach {labels.max()}, but {name} has {_NUM_CLASSES[name]} "
-                               f"classes. {_refetch_hint(name, folder)}")
+        raise CorruptDataError(
+            f"labels in {folder} reach {labels.max()}, but {name} has {_NUM_CLASSES[name]} "
+            f"classes. {_refetch_hint(name, folder)}"
+        )
     return images, labels
 
 
@@ -286,8 +344,9 @@ def _normalize(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).div_(255.0).sub_(MEAN).div_(STD)
 
 
-def _take_subset(images: torch.Tensor, labels: torch.Tensor, subset: int | None, seed: int, what: str
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _take_subset(
+    images: torch.Tensor, labels: torch.Tensor, subset: int | None, seed: int, what: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(images, labels, indices)`` of a seeded, class-balanced subset; everything (and no indices) if None."""
     if subset is None:
         return images, labels, None
@@ -315,22 +374,32 @@ def _balanced_indices(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return torch.sort(chosen).values
 
 
-def _synthetic(split: str, subset: int | None, seed: int, shape: tuple[int, ...] | None, num_classes: int | None,
-               size: int | None) -> Dataset:
+def _synthetic(
+    split: str, subset: int | None, seed: int, shape: tuple[int, ...] | None, num_classes: int | None, size: int | None
+) -> Dataset:
     shape = IMAGE_SHAPES["synthetic"] if shape is None else shape
     num_classes = 10 if num_classes is None else num_classes
     size = _SYNTHETIC_SIZE[split] if size is None else size
     if not (isinstance(shape, tuple) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
-        raise ValueError(f"parameter 'shape': invalid value {shape!r}; allowed: a tuple of positive integers, "
-                         f"e.g. (3, 32, 32)")
+        raise ValueError(
+            f"parameter 'shape': invalid value {shape!r}; allowed: a tuple of positive integers, e.g. (3, 32, 32)"
+        )
     _check_count("num_classes", num_classes, 1)
     _check_count("size", size, 1)
     g = _generator(seed, _SYNTHETIC, SPLITS.index(split))
     images = torch.randn((size, *shape), generator=g)
     labels = torch.randint(num_classes, (size,), generator=g)
     images, labels, indices = _take_subset(images, labels, subset, seed, f"the synthetic {split} split")
-    return Dataset(images=images, labels=labels, name="synthetic", split=split, num_classes=num_classes,
-                   mean=(0.0,) * shape[0], std=(1.0,) * shape[0], indices=indices)
+    return Dataset(
+        images=images,
+        labels=labels,
+        name="synthetic",
+        split=split,
+        num_classes=num_classes,
+        mean=(0.0,) * shape[0],
+        std=(1.0,) * shape[0],
+        indices=indices,
+    )
 
 
 def _generator(seed: int, *stream: int) -> torch.Generator:
@@ -354,8 +423,9 @@ def debian_fashion_mnist_dir() -> Path:
     """Where Debian's ``dataset-fashion-mnist`` keeps its files: asked of ``dpkg -L``, else the known folder."""
     if shutil.which("dpkg"):
         try:
-            listing = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True,
-                                     timeout=10, check=False).stdout
+            listing = subprocess.run(
+                ["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             listing = ""
         for line in listing.splitlines():
@@ -399,20 +469,25 @@ def _fetch_command(name: str) -> str:
 def _not_found_message(name: str, split: str, root: str | os.PathLike | None) -> str:
     names = " and ".join(SOURCES[f].filename for f in _FILES[name][split])
     looked = "\n".join(f"  - {d}" for d in search_path(name, root))
-    ways = [f"  {_fetch_command(name)}    (download from upstream into {_download_dir(root) / name}, "
-            f"checksum-verified)",
-            "  or pass download=True to load_dataset"]
+    ways = [
+        f"  {_fetch_command(name)}    (download from upstream into {_download_dir(root) / name}, checksum-verified)",
+        "  or pass download=True to load_dataset",
+    ]
     if name == "fashion-mnist":
         ways.insert(0, "  apt-get install dataset-fashion-mnist    (Debian/Ubuntu; run as root or with sudo)")
-    return (f"{name} ({split} split) not found: no folder holds {names}. Looked in:\n{looked}\n"
-            f"Set NORMLIB_DATA to a folder that holds {name}/ or get the files with:\n" + "\n".join(ways))
+    return (
+        f"{name} ({split} split) not found: no folder holds {names}. Looked in:\n{looked}\n"
+        f"Set NORMLIB_DATA to a folder that holds {name}/ or get the files with:\n" + "\n".join(ways)
+    )
 
 
 def _refetch_hint(name: str, path: Path) -> str:
     if name == "fashion-mnist" and Path(path).is_relative_to(debian_fashion_mnist_dir()):
         return "Reinstall it with: apt-get install --reinstall dataset-fashion-mnist"
-    return (f"Delete it and fetch it again with: {_fetch_command(name)} "
-            f"(or load_dataset(..., download=True) when it lies in the download folder)")
+    return (
+        f"Delete it and fetch it again with: {_fetch_command(name)} "
+        f"(or load_dataset(..., download=True) when it lies in the download folder)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -426,8 +501,7 @@ def read_idx(data: bytes) -> np.ndarray:
     as a big-endian uint32; the data must fill exactly the product of the dimensions.
     """
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08 or not 1 <= data[3] <= 4:
-        raise CorruptDataError(f"bad IDX magic number {data[:4].hex() or '(empty)'} (want 000008 then "
-                               f"1-4 dimensions)")
+        raise CorruptDataError(f"bad IDX magic number {data[:4].hex() or '(empty)'} (want 000008 then 1-4 dimensions)")
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -435,8 +509,10 @@ def read_idx(data: bytes) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     expected = header + int(np.prod(dims))
     if len(data) != expected:
-        raise CorruptDataError(f"IDX dims {dims} need {expected} bytes, the data has {len(data)} "
-                               f"({'truncated' if len(data) < expected else 'trailing bytes'})")
+        raise CorruptDataError(
+            f"IDX dims {dims} need {expected} bytes, the data has {len(data)} "
+            f"({'truncated' if len(data) < expected else 'trailing bytes'})"
+        )
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims).copy()
 
 
@@ -448,16 +524,19 @@ def _read_verified_idx(folder: Path, source: Source, name: str) -> tuple[np.ndar
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:
-        raise CorruptDataError(f"{path} is corrupt: truncated or damaged gzip stream ({err}). "
-                               f"{_refetch_hint(name, path)}") from err
+        raise CorruptDataError(
+            f"{path} is corrupt: truncated or damaged gzip stream ({err}). {_refetch_hint(name, path)}"
+        ) from err
     try:
         array = read_idx(data)
     except CorruptDataError as err:
         raise CorruptDataError(f"{path} is corrupt: {err}. {_refetch_hint(name, path)}") from err
     digest = hashlib.md5(data).hexdigest()
     if digest != source.content_md5:
-        raise CorruptDataError(f"{path} is corrupt: md5 of its IDX content is {digest}, expected "
-                               f"{source.content_md5}. {_refetch_hint(name, path)}")
+        raise CorruptDataError(
+            f"{path} is corrupt: md5 of its IDX content is {digest}, expected "
+            f"{source.content_md5}. {_refetch_hint(name, path)}"
+        )
     return array, path
 
 
@@ -474,8 +553,9 @@ def _read_cifar(path: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarr
     source = SOURCES[path.name]
     digest = _md5_file(path)
     if digest != source.content_md5:
-        raise CorruptDataError(f"{path} is corrupt: md5 {digest}, expected {source.content_md5}. "
-                               f"{_refetch_hint(name, path)}")
+        raise CorruptDataError(
+            f"{path} is corrupt: md5 {digest}, expected {source.content_md5}. {_refetch_hint(name, path)}"
+        )
     images, labels = [], []
     try:
         with tarfile.open(path, "r:gz") as tar:
@@ -487,8 +567,9 @@ def _read_cifar(path: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarr
         raise CorruptDataError(f"{path} is corrupt: {err!r}. {_refetch_hint(name, path)}") from err
     images, labels = np.concatenate(images), np.concatenate(labels)
     if len(images) != len(labels):
-        raise CorruptDataError(f"{path} is corrupt: {len(images)} images but {len(labels)} labels. "
-                               f"{_refetch_hint(name, path)}")
+        raise CorruptDataError(
+            f"{path} is corrupt: {len(images)} images but {len(labels)} labels. {_refetch_hint(name, path)}"
+        )
     return images, labels
 
 
@@ -533,8 +614,9 @@ def _download(source: Source, dest: Path) -> None:
         digest = hashlib.md5()
         with os.fdopen(fd, "wb") as out, urlopen(source.url, timeout=60) as response:
             total = response.headers.get("Content-Length")
-            with tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
-                      desc=f"fetch {source.filename}") as bar:
+            with tqdm(
+                total=int(total) if total else None, unit="B", unit_scale=True, desc=f"fetch {source.filename}"
+            ) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
@@ -542,8 +624,10 @@ def _download(source: Source, dest: Path) -> None:
             out.flush()
             os.fsync(out.fileno())
         if digest.hexdigest() != source.md5:
-            raise CorruptDataError(f"download of {source.url} has md5 {digest.hexdigest()}, expected {source.md5}; "
-                                   f"nothing was saved (a damaged transfer, or the upstream file changed)")
+            raise CorruptDataError(
+                f"download of {source.url} has md5 {digest.hexdigest()}, expected {source.md5}; "
+                f"nothing was saved (a damaged transfer, or the upstream file changed)"
+            )
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -554,8 +638,16 @@ def _download(source: Source, dest: Path) -> None:
 # batching
 
 
-def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-            augment: bool = False, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    augment: bool = False,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches ``(x, y)`` of ``dataset`` by direct tensor indexing (no ``DataLoader``, no worker processes).
 
     The order (a permutation when ``shuffle``) and the flips depend only on ``(seed, epoch)``: the same arguments
@@ -575,9 +667,9 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: in
     order = order.to(device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         x, y = dataset.images[idx], dataset.labels[idx]
         if flips is not None:
-            flip = flips[start:start + batch_size].to(device)
+            flip = flips[start : start + batch_size].to(device)
             x[flip] = x[flip].flip(-1)
         yield x, y

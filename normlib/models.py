@@ -47,13 +47,32 @@ __all__ = [
 # An entry ``w`` is a stride-1 3x3 conv with ``w`` output channels, ``(w, 2)`` a stride-2 one.
 CNN_CONFIGS: dict[str, list] = {
     "cfg_10": [64, (64, 2), 128, (128, 2), 256, (256, 2), 512, (512, 2), 512, 512],
-    "cfg_20": [64, 64, 64, (64, 2), 128, 128, 128, (128, 2), 256, 256, 256, (256, 2),
-               256, 256, 256, (256, 2), 512, 512, 512, 512],
+    "cfg_20": [
+        64,
+        64,
+        64,
+        (64, 2),
+        128,
+        128,
+        128,
+        (128, 2),
+        256,
+        256,
+        256,
+        (256, 2),
+        256,
+        256,
+        256,
+        (256, 2),
+        512,
+        512,
+        512,
+        512,
+    ],
     # From the official code's config.py (papers.md only says "40 conv layers, widths
     # 64->128->256->512, four stride-2 layers"): 7x64, (64,2), 7x128, (128,2), 7x256,
     # (256,2), 7x512, (512,2), 8x512.
-    "cfg_40": [*[64] * 7, (64, 2), *[128] * 7, (128, 2), *[256] * 7, (256, 2),
-               *[512] * 7, (512, 2), *[512] * 8],
+    "cfg_40": [*[64] * 7, (64, 2), *[128] * 7, (128, 2), *[256] * 7, (256, 2), *[512] * 7, (512, 2), *[512] * 8],
 }
 
 RESNET_DEPTH_EXAMPLES = (20, 32, 44, 56, 110)
@@ -107,8 +126,7 @@ class NonResidualCNN(nn.Module):
     ``units[i]`` is the i-th conv-norm-act unit; its output is probe point ``layer{i+1}``.
     """
 
-    def __init__(self, cfg: Sequence, norm: str = "bn", in_channels: int = 3,
-                 num_classes: int = 100, **norm_opts):
+    def __init__(self, cfg: Sequence, norm: str = "bn", in_channels: int = 3, num_classes: int = 100, **norm_opts):
         super().__init__()
         if not cfg:
             raise ValueError("cfg must have at least one entry")
@@ -135,9 +153,15 @@ class NonResidualCNN(nn.Module):
         return [(f"conv{i}", unit.conv) for i, unit in enumerate(self.units, 1)]
 
 
-def make_cnn(cfg: str | Sequence = "cfg_10", norm: str = "bn", in_channels: int = 3,
-             num_classes: int = 100, width: int | None = None, depth: int | None = None,
-             **norm_opts) -> NonResidualCNN:
+def make_cnn(
+    cfg: str | Sequence = "cfg_10",
+    norm: str = "bn",
+    in_channels: int = 3,
+    num_classes: int = 100,
+    width: int | None = None,
+    depth: int | None = None,
+    **norm_opts,
+) -> NonResidualCNN:
     """Build a :class:`NonResidualCNN`.
 
     ``cfg`` is a name in :data:`CNN_CONFIGS`, ``"uniform"`` (then ``depth`` is required:
@@ -150,11 +174,12 @@ def make_cnn(cfg: str | Sequence = "cfg_10", norm: str = "bn", in_channels: int 
         if cfg == "uniform":
             if depth is None:
                 raise ValueError('cfg="uniform" needs depth=<number of conv layers>')
-            return NonResidualCNN(uniform_cfg(depth, width or 64), norm, in_channels,
-                                  num_classes, **norm_opts)
+            return NonResidualCNN(uniform_cfg(depth, width or 64), norm, in_channels, num_classes, **norm_opts)
         if cfg not in CNN_CONFIGS:
-            raise ValueError(f"unknown cfg {cfg!r}; valid: {', '.join([*CNN_CONFIGS, 'uniform'])}"
-                             " or a list of widths / (width, stride) tuples")
+            raise ValueError(
+                f"unknown cfg {cfg!r}; valid: {', '.join([*CNN_CONFIGS, 'uniform'])}"
+                " or a list of widths / (width, stride) tuples"
+            )
         cfg = CNN_CONFIGS[cfg]
     if depth is not None:
         raise ValueError('depth= only applies to cfg="uniform"')
@@ -168,16 +193,23 @@ def make_cnn(cfg: str | Sequence = "cfg_10", norm: str = "bn", in_channels: int 
 class _ResidualBlock(nn.Module):
     """What both BasicBlocks share: the shortcut, the skip gain and the conv listing."""
 
-    def _init_shortcut_and_gain(self, norm: str, in_ch: int, out_ch: int, stride: int,
-                                skipinit: bool, **norm_opts) -> None:
+    def _init_shortcut_and_gain(
+        self, norm: str, in_ch: int, out_ch: int, stride: int, skipinit: bool, **norm_opts
+    ) -> None:
         """Shortcut: identity, or conv3x3(stride) -> norm slot (no activation) when the block
         downsamples or changes width (WN/SWS: their conv and an Identity; EvoNorms: an Identity,
         as in the authors' code). Skip gain: a learnable scalar initialised to 0 (SkipInit) or
         the constant 1 (a buffer, not a parameter)."""
         self.transition = stride != 1 or in_ch != out_ch
-        self.shortcut = (nn.Sequential(OrderedDict(conv=layers.make_conv(norm, in_ch, out_ch, 3, stride),
-                                                   norm=_bare_norm(norm, out_ch, **norm_opts)))
-                         if self.transition else nn.Identity())
+        self.shortcut = (
+            nn.Sequential(
+                OrderedDict(
+                    conv=layers.make_conv(norm, in_ch, out_ch, 3, stride), norm=_bare_norm(norm, out_ch, **norm_opts)
+                )
+            )
+            if self.transition
+            else nn.Identity()
+        )
         if skipinit:
             self.skip_gain = nn.Parameter(torch.zeros(()))
         else:
@@ -201,8 +233,7 @@ class PostActBlock(_ResidualBlock):
     Shortcut and skip gain: see :meth:`_ResidualBlock._init_shortcut_and_gain`.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str, skipinit: bool,
-                 **norm_opts):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str, skipinit: bool, **norm_opts):
         super().__init__()
         self.conv1 = layers.make_conv(norm, in_ch, out_ch, 3, stride)
         self.norm1, self.act1 = _norm_and_act(norm, out_ch, **norm_opts)
@@ -231,8 +262,17 @@ class PreActBlock(_ResidualBlock):
     (the authors' pre-activation code uses norm -> conv there).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str, skipinit: bool,
-                 alpha: float = 1.0, beta: float = 1.0, **norm_opts):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int,
+        norm: str,
+        skipinit: bool,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        **norm_opts,
+    ):
         super().__init__()
         self.alpha, self.beta = alpha, beta
         self.norm1, self.act1 = _norm_and_act(norm, in_ch, **norm_opts)
@@ -285,10 +325,19 @@ class ResNet(nn.Module):
     ``block{3n}`` (the residual stream).
     """
 
-    def __init__(self, depth: int = 56, widths: Sequence[int] = (32, 64, 128),
-                 norm: str = "bn", block: str = "post", skipinit: bool = False,
-                 remedy: str | None = None, alpha: float = 0.2, in_channels: int = 3,
-                 num_classes: int = 100, **norm_opts):
+    def __init__(
+        self,
+        depth: int = 56,
+        widths: Sequence[int] = (32, 64, 128),
+        norm: str = "bn",
+        block: str = "post",
+        skipinit: bool = False,
+        remedy: str | None = None,
+        alpha: float = 0.2,
+        in_channels: int = 3,
+        num_classes: int = 100,
+        **norm_opts,
+    ):
         super().__init__()
         n = _blocks_per_stage(depth)
         if len(widths) != 3:
@@ -298,8 +347,10 @@ class ResNet(nn.Module):
         if remedy not in (None, "nf"):
             raise ValueError(f'remedy must be None or "nf", got {remedy!r}')
         if remedy == "nf" and block != "pre":
-            raise ValueError('remedy="nf" (x + alpha*f(x/beta)) needs block="pre": a post-'
-                             "activation block has a nonlinearity on the residual stream")
+            raise ValueError(
+                'remedy="nf" (x + alpha*f(x/beta)) needs block="pre": a post-'
+                "activation block has a nonlinearity on the residual stream"
+            )
         self.norm, self.block_type, self.remedy = norm, block, remedy
         self.stem = layers.conv_norm_act(norm, in_channels, widths[0], 3, 1, **norm_opts)
         shapes, ch = [], widths[0]
@@ -308,8 +359,7 @@ class ResNet(nn.Module):
                 stride = 2 if stage > 0 and i == 0 else 1
                 shapes.append((ch, width, stride))
                 ch = width
-        self.blocks = nn.Sequential(*self._make_blocks(shapes, norm, block, skipinit, remedy,
-                                                       alpha, **norm_opts))
+        self.blocks = nn.Sequential(*self._make_blocks(shapes, norm, block, skipinit, remedy, alpha, **norm_opts))
         self.classifier = nn.Linear(ch, num_classes)
         he_init_(self)
 
@@ -322,8 +372,9 @@ class ResNet(nn.Module):
             betas = nf_betas([s != 1 or i != o for i, o, s in shapes], alpha)
         else:
             alpha, betas = 1.0, [1.0] * len(shapes)
-        return [PreActBlock(i, o, s, norm, skipinit, alpha, beta, **norm_opts)
-                for (i, o, s), beta in zip(shapes, betas)]
+        return [
+            PreActBlock(i, o, s, norm, skipinit, alpha, beta, **norm_opts) for (i, o, s), beta in zip(shapes, betas)
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))
@@ -344,18 +395,26 @@ class ResNet(nn.Module):
 
 def _blocks_per_stage(depth: int) -> int:
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"depth must be 6n+2 with n >= 1 (e.g. "
-                         f"{', '.join(map(str, RESNET_DEPTH_EXAMPLES))}), got {depth!r}")
+        raise ValueError(
+            f"depth must be 6n+2 with n >= 1 (e.g. {', '.join(map(str, RESNET_DEPTH_EXAMPLES))}), got {depth!r}"
+        )
     return (depth - 2) // 6
 
 
-def make_resnet(depth: int = 56, widths: Sequence[int] = (32, 64, 128), norm: str = "bn",
-                block: str = "post", skipinit: bool = False, remedy: str | None = None,
-                alpha: float = 0.2, in_channels: int = 3, num_classes: int = 100,
-                **norm_opts) -> ResNet:
+def make_resnet(
+    depth: int = 56,
+    widths: Sequence[int] = (32, 64, 128),
+    norm: str = "bn",
+    block: str = "post",
+    skipinit: bool = False,
+    remedy: str | None = None,
+    alpha: float = 0.2,
+    in_channels: int = 3,
+    num_classes: int = 100,
+    **norm_opts,
+) -> ResNet:
     """Build a CIFAR :class:`ResNet` (see its docstring); ``norm_opts`` go to the normalizer."""
-    return ResNet(depth, widths, norm, block, skipinit, remedy, alpha, in_channels,
-                  num_classes, **norm_opts)
+    return ResNet(depth, widths, norm, block, skipinit, remedy, alpha, in_channels, num_classes, **norm_opts)
 
 
 #: VGG configurations: an int is a 3x3 conv -> norm -> ReLU unit with that many channels, ``"M"`` a 2x2 max-pool.
@@ -408,8 +467,14 @@ class VGG(nn.Module):
         return [(f"conv{i}", unit.conv) for i, unit in enumerate(self.units, 1)]
 
 
-def make_vgg(cfg: str | Sequence = "A", norm: str = "bn", in_channels: int = 3, num_classes: int = 10,
-             width: int | None = None, **norm_opts) -> VGG:
+def make_vgg(
+    cfg: str | Sequence = "A",
+    norm: str = "bn",
+    in_channels: int = 3,
+    num_classes: int = 10,
+    width: int | None = None,
+    **norm_opts,
+) -> VGG:
     """Build a :class:`VGG`: ``cfg`` is a name of :data:`VGG_CONFIGS` (``"A"``: VGG-11, the default) or a list of
     widths and ``"M"``. ``width`` rescales it so that the first conv has ``width`` channels and every later one
     keeps its ratio (``width=16`` gives VGG-11 at a quarter width). ``norm_opts`` go to the normalizer."""

@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACCUMULATORS", "fp16_tree_sum", "fp16_mean", "torch_half_sum_accumulates_in_float32",
-           "ReducedPrecision"]
+__all__ = ["ACCUMULATORS", "fp16_tree_sum", "fp16_mean", "torch_half_sum_accumulates_in_float32", "ReducedPrecision"]
 
 #: The accumulators of :func:`fp16_mean`: float16 partial sums (emulated) or torch's float32 ones.
 ACCUMULATORS = ("fp16", "fp32")

@@ -67,20 +67,24 @@ class SGDWDMimic(Optimizer):
         :meth:`corrected_params`; they stay until set again."""
         params = self.corrected_params()
         if len(norms) != len(params):
-            raise ValueError(f"expected {len(params)} reference norm tensors (one per corrected parameter), "
-                             f"got {len(norms)}")
+            raise ValueError(
+                f"expected {len(params)} reference norm tensors (one per corrected parameter), got {len(norms)}"
+            )
         for p, r in zip(params, norms):
             if r.shape != (p.shape[0],):
-                raise ValueError(f"reference norms of shape {tuple(r.shape)} for a parameter with {p.shape[0]} "
-                                 f"output channels")
+                raise ValueError(
+                    f"reference norms of shape {tuple(r.shape)} for a parameter with {p.shape[0]} output channels"
+                )
             self._reference[p] = r.to(device=p.device, dtype=p.dtype)
 
     def reference_norms(self, p: torch.Tensor) -> torch.Tensor:
         """The reference norms :math:`r_c` of the corrected parameter ``p``, shape ``(C,)``, in ``p``'s dtype and
         on its device: those of the latest :meth:`set_reference_norms`, which the next step uses."""
         if p not in self._reference:
-            raise RuntimeError("SGDWDMimic: no reference norms set for this parameter (is it in a corrected group? "
-                               "call set_reference_norms first)")
+            raise RuntimeError(
+                "SGDWDMimic: no reference norms set for this parameter (is it in a corrected group? "
+                "call set_reference_norms first)"
+            )
         return self._reference[p]
 
     def step_scales(self, p: torch.Tensor) -> torch.Tensor:

@@ -51,9 +51,17 @@ class Param:
         if self.choices is not None:
             what = ", ".join(map(str, self.choices))
             return f"a list of: {what}" if self.kind.endswith("list") else f"one of: {what}"
-        base = {"int": "an integer", "float": "a number", "str": "a string", "bool": "True or False",
-                "int_list": "a list of integers", "float_list": "a list of numbers", "str_list": "a list of strings",
-                "optional_int": "an integer or None", "optional_float": "a number or None"}[self.kind]
+        base = {
+            "int": "an integer",
+            "float": "a number",
+            "str": "a string",
+            "bool": "True or False",
+            "int_list": "a list of integers",
+            "float_list": "a list of numbers",
+            "str_list": "a list of strings",
+            "optional_int": "an integer or None",
+            "optional_float": "a number or None",
+        }[self.kind]
         bounds = []
         if self.minimum is not None:
             bounds.append(f">= {self.minimum}")
@@ -177,8 +185,13 @@ class ParamSpec:
     def describe(self) -> list[dict[str, Any]]:
         """One row per parameter (name, allowed values, book and paper defaults, meaning), for ``normlib list``."""
         return [
-            {"name": p.name, "allowed": p.allowed(), "book": self.presets["book"][p.name],
-             "paper": self.presets["paper"][p.name], "doc": p.doc}
+            {
+                "name": p.name,
+                "allowed": p.allowed(),
+                "book": self.presets["book"][p.name],
+                "paper": self.presets["paper"][p.name],
+                "doc": p.doc,
+            }
             for p in self.params
         ]
 
@@ -212,8 +225,9 @@ class Config(Mapping[str, Any]):
         try:
             return object.__getattribute__(self, "_values")[name]
         except KeyError:
-            raise AttributeError(f"configuration has no parameter {name!r}; it has: {', '.join(self._values)}") \
-                from None
+            raise AttributeError(
+                f"configuration has no parameter {name!r}; it has: {', '.join(self._values)}"
+            ) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("a Config is read-only; use config.replace(name=value)")

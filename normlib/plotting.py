@@ -11,8 +11,15 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["NORM_COLORS", "set_theme", "norm_color", "norm_label", "group_size_color", "plot_measured",
-           "plot_predicted"]
+__all__ = [
+    "NORM_COLORS",
+    "set_theme",
+    "norm_color",
+    "norm_label",
+    "group_size_color",
+    "plot_measured",
+    "plot_predicted",
+]
 
 #: Colour of each normalizer, fixed across the book (seaborn's colorblind palette first, then muted extras).
 NORM_COLORS: dict[str, str] = {
@@ -35,17 +42,32 @@ NORM_COLORS: dict[str, str] = {
 }
 
 _LABELS = {
-    "bn": "BatchNorm", "ln": "LayerNorm", "in": "InstanceNorm", "gn": "GroupNorm", "frn": "FRN + TLU",
-    "vn": "VarianceNorm", "wn": "WeightNorm", "sws": "Scaled WS", "evo_b0": "EvoNorm-B0", "evo_s0": "EvoNorm-S0",
-    "none": "no normalizer", "rms": "RMSNorm", "l1bn": "L1 BatchNorm", "linfbn": "L∞ BatchNorm",
-    "topkbn": "Top-k BatchNorm", "bwn": "Bounded WN",
+    "bn": "BatchNorm",
+    "ln": "LayerNorm",
+    "in": "InstanceNorm",
+    "gn": "GroupNorm",
+    "frn": "FRN + TLU",
+    "vn": "VarianceNorm",
+    "wn": "WeightNorm",
+    "sws": "Scaled WS",
+    "evo_b0": "EvoNorm-B0",
+    "evo_s0": "EvoNorm-S0",
+    "none": "no normalizer",
+    "rms": "RMSNorm",
+    "l1bn": "L1 BatchNorm",
+    "linfbn": "L∞ BatchNorm",
+    "topkbn": "Top-k BatchNorm",
+    "bwn": "Bounded WN",
 }
 
 
 def set_theme() -> None:
     """The book's one theme: seaborn ``whitegrid``, ``notebook`` context, readable figure size."""
-    sns.set_theme(style="whitegrid", context="notebook", rc={"figure.figsize": (7.5, 4.5), "figure.dpi": 110,
-                                                            "axes.spines.right": False, "axes.spines.top": False})
+    sns.set_theme(
+        style="whitegrid",
+        context="notebook",
+        rc={"figure.figsize": (7.5, 4.5), "figure.dpi": 110, "axes.spines.right": False, "axes.spines.top": False},
+    )
 
 
 def norm_color(name: str) -> str:
@@ -61,13 +83,21 @@ def norm_label(name: str) -> str:
     return _LABELS.get(name, name)
 
 
-def plot_measured(ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, norm: str, *, label: str | None = None,
-                  marker: str = "o") -> None:
+def plot_measured(
+    ax: plt.Axes, frame: pd.DataFrame, x: str, y: str, norm: str, *, label: str | None = None, marker: str = "o"
+) -> None:
     """Markers at the mean of ``y`` over repeats at each ``x``, with a band from the minimum to the maximum."""
     stats = frame.groupby(x)[y].agg(["mean", "min", "max"]).reset_index()
     color = norm_color(norm)
-    ax.plot(stats[x], stats["mean"], marker=marker, ms=3.5, lw=1.0, color=color,
-            label=label if label is not None else norm_label(norm))
+    ax.plot(
+        stats[x],
+        stats["mean"],
+        marker=marker,
+        ms=3.5,
+        lw=1.0,
+        color=color,
+        label=label if label is not None else norm_label(norm),
+    )
     if frame.groupby(x)[y].size().max() > 1:
         ax.fill_between(stats[x], stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
 

@@ -63,8 +63,23 @@ BOOK_EPOCHS = 3
 #: ``models.make_cnn`` options of the book's small CNN for Fashion-MNIST (1x28x28, 10 classes); pass ``norm``.
 BOOK_CNN: dict[str, Any] = {"cfg": [(32, 2), 64, (64, 2), 128], "in_channels": 1, "num_classes": 10}
 
-_TRAIN_FIELDS = ("batch_size", "epochs", "lr", "lr_scale_with_batch", "momentum", "weight_decay", "warmup_epochs",
-                 "schedule", "lr_milestones", "lr_decay", "augment", "divergence_factor", "device", "seed", "max_steps")
+_TRAIN_FIELDS = (
+    "batch_size",
+    "epochs",
+    "lr",
+    "lr_scale_with_batch",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "schedule",
+    "lr_milestones",
+    "lr_decay",
+    "augment",
+    "divergence_factor",
+    "device",
+    "seed",
+    "max_steps",
+)
 
 #: The training parameters every training notebook shares.
 TRAIN_PARAMS: tuple[Param, ...] = (
@@ -72,20 +87,51 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     Param("subset", "optional_int", "class-balanced subset of the training split (None: all of it)", minimum=1),
     Param("test_subset", "optional_int", "class-balanced subset of the test split (None: all of it)", minimum=1),
     *(train.PARAMS[name] for name in _TRAIN_FIELDS),
-    Param("paper_small_batch", "bool", f"the paper code's rule below batch {SMALL_BATCH}: train "
-          f"{SMALL_BATCH_EPOCHS} epochs on a schedule built for `epochs` (so the LR never decays)"),
+    Param(
+        "paper_small_batch",
+        "bool",
+        f"the paper code's rule below batch {SMALL_BATCH}: train "
+        f"{SMALL_BATCH_EPOCHS} epochs on a schedule built for `epochs` (so the LR never decays)",
+    ),
 )
 
-_SHARED = {"lr": 0.1, "lr_scale_with_batch": True, "momentum": 0.9, "weight_decay": 1e-4,
-           "warmup_epochs": 0.0, "schedule": "paper", "lr_milestones": (), "lr_decay": 0.1, "augment": True,
-           "divergence_factor": train.DIVERGENCE_FACTOR, "seed": 0, "max_steps": None}
+_SHARED = {
+    "lr": 0.1,
+    "lr_scale_with_batch": True,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "warmup_epochs": 0.0,
+    "schedule": "paper",
+    "lr_milestones": (),
+    "lr_decay": 0.1,
+    "augment": True,
+    "divergence_factor": train.DIVERGENCE_FACTOR,
+    "seed": 0,
+    "max_steps": None,
+}
 
 #: The values of :data:`TRAIN_PARAMS` at each scale.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "book": {**_SHARED, "dataset": "fashion-mnist", "subset": BOOK_SUBSET, "test_subset": None, "batch_size": 128,
-             "epochs": BOOK_EPOCHS, "device": "cpu", "paper_small_batch": False},
-    "paper": {**_SHARED, "dataset": "cifar100", "subset": None, "test_subset": None, "batch_size": 256,
-              "epochs": 60, "device": "auto", "paper_small_batch": True},
+    "book": {
+        **_SHARED,
+        "dataset": "fashion-mnist",
+        "subset": BOOK_SUBSET,
+        "test_subset": None,
+        "batch_size": 128,
+        "epochs": BOOK_EPOCHS,
+        "device": "cpu",
+        "paper_small_batch": False,
+    },
+    "paper": {
+        **_SHARED,
+        "dataset": "cifar100",
+        "subset": None,
+        "test_subset": None,
+        "batch_size": 256,
+        "epochs": 60,
+        "device": "auto",
+        "paper_small_batch": True,
+    },
 }
 
 
@@ -121,9 +167,12 @@ def _check_training(config: dict[str, Any]) -> None:
     train_config(config)
 
 
-def training_spec(extra_params: Sequence[Param] = (), book: Mapping[str, Any] | None = None,
-                  paper: Mapping[str, Any] | None = None,
-                  checks: Sequence[Callable[[dict[str, Any]], None]] = ()) -> ParamSpec:
+def training_spec(
+    extra_params: Sequence[Param] = (),
+    book: Mapping[str, Any] | None = None,
+    paper: Mapping[str, Any] | None = None,
+    checks: Sequence[Callable[[dict[str, Any]], None]] = (),
+) -> ParamSpec:
     """A notebook's ``ParamSpec``: its own ``extra_params`` first, then :data:`TRAIN_PARAMS`.
 
     ``book`` and ``paper`` give the values of the notebook's own parameters and override training values at that
@@ -132,6 +181,5 @@ def training_spec(extra_params: Sequence[Param] = (), book: Mapping[str, Any] | 
     """
     own = {p.name for p in extra_params}
     params = (*extra_params, *(p for p in TRAIN_PARAMS if p.name not in own))
-    presets = {"book": {**TRAIN_PRESETS["book"], **(book or {})},
-               "paper": {**TRAIN_PRESETS["paper"], **(paper or {})}}
+    presets = {"book": {**TRAIN_PRESETS["book"], **(book or {})}, "paper": {**TRAIN_PRESETS["paper"], **(paper or {})}}
     return ParamSpec(params=params, presets=presets, checks=(_check_training, *checks))

@@ -205,8 +205,9 @@ class Probe:
     Set ``probe.step`` to tag the following records with a training step.
     """
 
-    def __init__(self, points: Sequence[tuple[str, nn.Module]],
-                 metrics: str | Iterable[str] = ("variance",), every: int = 1):
+    def __init__(
+        self, points: Sequence[tuple[str, nn.Module]], metrics: str | Iterable[str] = ("variance",), every: int = 1
+    ):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         self.points = list(points)
@@ -221,8 +222,10 @@ class Probe:
     def __enter__(self) -> Probe:
         if self._handles:
             raise RuntimeError("this Probe is already active")
-        self._handles = [module.register_forward_hook(partial(self._on_forward, index))
-                         for index, (_, module) in enumerate(self.points)]
+        self._handles = [
+            module.register_forward_hook(partial(self._on_forward, index))
+            for index, (_, module) in enumerate(self.points)
+        ]
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -249,8 +252,9 @@ class Probe:
         if calls % self.every:
             return
         if not isinstance(output, torch.Tensor):
-            raise TypeError(f"probe point {self.points[index][0]!r} returned "
-                            f"{type(output).__name__}, expected a Tensor")
+            raise TypeError(
+                f"probe point {self.points[index][0]!r} returned {type(output).__name__}, expected a Tensor"
+            )
         observed = _Observed(output)
         for metric in self._forward_metrics:
             self._record(index, metric, getattr(observed, metric)(), self.step)
@@ -270,9 +274,15 @@ class Probe:
         self._pending.clear()
 
 
-def probe_model(model: nn.Module, x: torch.Tensor, metrics: str | Iterable[str] = ("variance",),
-                points: Sequence[tuple[str, nn.Module]] | None = None,
-                loss_fn: Callable | None = None, target=None, step=None) -> pd.DataFrame:
+def probe_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    metrics: str | Iterable[str] = ("variance",),
+    points: Sequence[tuple[str, nn.Module]] | None = None,
+    loss_fn: Callable | None = None,
+    target=None,
+    step=None,
+) -> pd.DataFrame:
     """Probe one forward pass of ``model`` on ``x`` (in the model's current train/eval mode)
     at ``points`` (default ``model.probe_points()``) and return :meth:`Probe.frame`.
 
@@ -332,8 +342,14 @@ class ChannelRecorder:
     :meth:`close` after training (it removes the forward hooks of ``bn_terms``), and :meth:`frame` for the records.
     """
 
-    def __init__(self, units: Sequence[tuple[str, nn.Module, nn.Module]], record_every: int = 1,
-                 reference: str | None = None, steps_per_epoch: int = 1, bn_terms: bool = False):
+    def __init__(
+        self,
+        units: Sequence[tuple[str, nn.Module, nn.Module]],
+        record_every: int = 1,
+        reference: str | None = None,
+        steps_per_epoch: int = 1,
+        bn_terms: bool = False,
+    ):
         if reference not in (None, "step", "epoch"):
             raise ValueError(f"reference must be None, 'step' or 'epoch', got {reference!r}")
         self.units = list(units)
@@ -362,6 +378,7 @@ class ChannelRecorder:
         def hook(module, inputs, output):
             if module.training:
                 self._variance[index] = output.detach().double().var(dim=(0, 2, 3), unbiased=False)
+
         return hook
 
     def close(self) -> None:
@@ -397,8 +414,13 @@ class ChannelRecorder:
         grad = w.grad.detach().reshape(channels, -1).double()
         n_before, n_after = before.pow(2).sum(1), after.pow(2).sum(1)
         chord = (after / n_after.sqrt()[:, None] - before / n_before.sqrt()[:, None]).norm(dim=1)
-        values = {"norm_sq_before": n_before, "norm_sq_after": n_after, "grad_sq": grad.pow(2).sum(1),
-                  "w_dot_g": (before * grad).sum(1), "chord": chord}
+        values = {
+            "norm_sq_before": n_before,
+            "norm_sq_after": n_after,
+            "grad_sq": grad.pow(2).sum(1),
+            "w_dot_g": (before * grad).sum(1),
+            "chord": chord,
+        }
         lr = self._lr_of(optimizer, w)
         scale = torch.ones(channels, dtype=torch.float64, device=w.device)
         if isinstance(optimizer, SGDWDMimic) and any(p is w for p in optimizer.corrected_params()):
@@ -406,8 +428,11 @@ class ChannelRecorder:
         values["lr"] = torch.full((channels,), lr, dtype=torch.float64, device=w.device)
         values["step_scale"] = scale
         buffer = optimizer.state.get(w, {}).get("momentum_buffer") if hasattr(optimizer, "state") else None
-        values["buffer_sq"] = (buffer.detach().reshape(channels, -1).double().pow(2).sum(1) if buffer is not None
-                               else torch.full((channels,), math.nan, dtype=torch.float64, device=w.device))
+        values["buffer_sq"] = (
+            buffer.detach().reshape(channels, -1).double().pow(2).sum(1)
+            if buffer is not None
+            else torch.full((channels,), math.nan, dtype=torch.float64, device=w.device)
+        )
         if self.bn_terms:
             gain = self.prev_gain[i].double()
             values["bn_variance"] = self._variance[i]

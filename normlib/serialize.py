@@ -52,19 +52,26 @@ VERSION = 1
 _MANIFEST = "manifest"
 
 #: What can be stored, as the error message of an unsupported type says it.
-SUPPORTED = ("None, bool, int, float, complex, str, bytes; list, tuple, dict, set, frozenset of those; numpy arrays "
-             "and scalars; pandas DataFrame, Series and Index (numpy, object-of-storable, str, category and nullable "
-             "dtypes); dataclasses registered with normlib.serialize.register_dataclass")
+SUPPORTED = (
+    "None, bool, int, float, complex, str, bytes; list, tuple, dict, set, frozenset of those; numpy arrays "
+    "and scalars; pandas DataFrame, Series and Index (numpy, object-of-storable, str, category and nullable "
+    "dtypes); dataclasses registered with normlib.serialize.register_dataclass"
+)
 
 #: Dataclasses that may be rebuilt, by ``module.qualname``. normlib's own are imported on first use, by these fixed
 #: names only; a name read from an archive is looked up here and never imported.
 _DATACLASSES: dict[str, type] = {}
-_BUILTIN_DATACLASSES = {"normlib.train.TrainResult": ("normlib.train", "TrainResult"),
-                        "normlib.train.TrainConfig": ("normlib.train", "TrainConfig")}
+_BUILTIN_DATACLASSES = {
+    "normlib.train.TrainResult": ("normlib.train", "TrainResult"),
+    "normlib.train.TrainConfig": ("normlib.train", "TrainConfig"),
+}
 
 #: The nullable dtypes a column may have.
 _MASKED = frozenset(f"{kind}{bits}" for kind in ("Int", "UInt") for bits in (8, 16, 32, 64)) | {
-    "Float32", "Float64", "boolean"}
+    "Float32",
+    "Float64",
+    "boolean",
+}
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so that one value always gives the same bytes
 
@@ -102,6 +109,7 @@ def _dataclass(name: str) -> type | None:
 
 # ---------------------------------------------------------------------------------------------------- writing
 
+
 def dumps(value: Any) -> bytes:
     """``value`` as the bytes of an ``.npz`` archive (see the module's doc); the same value gives the same bytes.
 
@@ -111,8 +119,9 @@ def dumps(value: Any) -> bytes:
     """
     encoder = _Encoder()
     root = encoder.node(value, "value")
-    manifest = json.dumps({"format": FORMAT, "version": VERSION, "root": root}, ensure_ascii=True,
-                          allow_nan=False, separators=(",", ":"))
+    manifest = json.dumps(
+        {"format": FORMAT, "version": VERSION, "root": root}, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+    )
     members = {_MANIFEST: np.frombuffer(manifest.encode("ascii"), dtype=np.uint8)}
     members.update((f"a{i}", a) for i, a in enumerate(encoder.arrays))
     buffer = io.BytesIO()
@@ -165,8 +174,11 @@ class _Encoder:
         if kind is dict:
             if all(type(k) is str for k in value):
                 return {"t": "dict", "s": {k: self.node(v, f"{where}[{k!r}]") for k, v in value.items()}}
-            return {"t": "dict", "k": [self.node(k, f"{where} key {k!r}") for k in value],
-                    "v": [self.node(v, f"{where}[{k!r}]") for k, v in value.items()]}
+            return {
+                "t": "dict",
+                "k": [self.node(k, f"{where} key {k!r}") for k in value],
+                "v": [self.node(v, f"{where}[{k!r}]") for k, v in value.items()],
+            }
         if kind is np.ndarray:
             return self.ndarray(value, where)
         if isinstance(value, np.generic) and kind.__module__ == "numpy":
@@ -176,18 +188,28 @@ class _Encoder:
         if kind is pd.DataFrame:
             return self.frame(value, where)
         if kind is pd.Series:
-            return {"t": "Series", "v": self.values(value, where), "index": self.index(value.index, f"{where}.index"),
-                    "name": self.node(value.name, f"{where}.name"), **self.attrs(value, where)}
+            return {
+                "t": "Series",
+                "v": self.values(value, where),
+                "index": self.index(value.index, f"{where}.index"),
+                "name": self.node(value.name, f"{where}.name"),
+                **self.attrs(value, where),
+            }
         if isinstance(value, pd.Index):
             return self.index(value, where)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             name = _name(kind)
             if _dataclass(name) is not kind:
-                raise _unsupported(value, where, " (a dataclass not registered with "
-                                                 "normlib.serialize.register_dataclass)")
-            return {"t": "dataclass", "cls": name,
-                    "s": {f.name: self.node(getattr(value, f.name), f"{where}.{f.name}")
-                          for f in dataclasses.fields(value)}}
+                raise _unsupported(
+                    value, where, " (a dataclass not registered with normlib.serialize.register_dataclass)"
+                )
+            return {
+                "t": "dataclass",
+                "cls": name,
+                "s": {
+                    f.name: self.node(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)
+                },
+            }
         raise _unsupported(value, where)
 
     def sequence(self, items: Any, where: str) -> Any:
@@ -215,16 +237,24 @@ class _Encoder:
             return self.ndarray(series.to_numpy(), where)
         array = series.array
         if isinstance(dtype, pd.CategoricalDtype):
-            return {"t": "categorical", "codes": self.ndarray(np.asarray(array.codes), where),
-                    "categories": self.index(dtype.categories, f"{where}.categories"), "ordered": bool(dtype.ordered)}
+            return {
+                "t": "categorical",
+                "codes": self.ndarray(np.asarray(array.codes), where),
+                "categories": self.index(dtype.categories, f"{where}.categories"),
+                "ordered": bool(dtype.ordered),
+            }
         if isinstance(dtype, pd.StringDtype):
             missing = pd.isna(array)
             items = [None if m else str(v) for v, m in zip(array, missing)]
             na = "nan" if dtype.na_value is np.nan else "NA"
             return {"t": "string", "storage": dtype.storage, "na": na, "v": items}
         if isinstance(array, pd.arrays.IntegerArray | pd.arrays.FloatingArray | pd.arrays.BooleanArray):
-            return {"t": "masked", "dtype": dtype.name, "data": self.ndarray(array._data, where),
-                    "mask": self.ndarray(array._mask, where)}
+            return {
+                "t": "masked",
+                "dtype": dtype.name,
+                "data": self.ndarray(array._data, where),
+                "mask": self.ndarray(array._mask, where),
+            }
         if isinstance(array, pd.arrays.DatetimeArray | pd.arrays.TimedeltaArray) and getattr(dtype, "tz", None) is None:
             return self.ndarray(np.asarray(array), where)
         raise _unsupported(series, where, f" with dtype {dtype}")
@@ -232,16 +262,27 @@ class _Encoder:
     def index(self, index: pd.Index, where: str) -> dict[str, Any]:
         kind = type(index)
         if kind is pd.RangeIndex:
-            return {"t": "RangeIndex", "start": index.start, "stop": index.stop, "step": index.step,
-                    "name": self.node(index.name, f"{where}.name")}
+            return {
+                "t": "RangeIndex",
+                "start": index.start,
+                "stop": index.stop,
+                "step": index.step,
+                "name": self.node(index.name, f"{where}.name"),
+            }
         if kind is pd.MultiIndex:
-            return {"t": "MultiIndex", "levels": [self.index(lv, f"{where}.levels[{i}]")
-                                                  for i, lv in enumerate(index.levels)],
-                    "codes": [self.ndarray(np.asarray(c), where) for c in index.codes],
-                    "names": [self.node(n, f"{where}.names[{i}]") for i, n in enumerate(index.names)]}
+            return {
+                "t": "MultiIndex",
+                "levels": [self.index(lv, f"{where}.levels[{i}]") for i, lv in enumerate(index.levels)],
+                "codes": [self.ndarray(np.asarray(c), where) for c in index.codes],
+                "names": [self.node(n, f"{where}.names[{i}]") for i, n in enumerate(index.names)],
+            }
         if kind in (pd.Index, pd.CategoricalIndex, pd.DatetimeIndex, pd.TimedeltaIndex):
-            node = {"t": "Index", "cls": kind.__name__, "v": self.values(index, where),
-                    "name": self.node(index.name, f"{where}.name")}
+            node = {
+                "t": "Index",
+                "cls": kind.__name__,
+                "v": self.values(index, where),
+                "name": self.node(index.name, f"{where}.name"),
+            }
             freq = getattr(index, "freqstr", None)
             if freq is not None:
                 node["freq"] = freq
@@ -249,16 +290,23 @@ class _Encoder:
         raise _unsupported(index, where)
 
     def frame(self, frame: pd.DataFrame, where: str) -> dict[str, Any]:
-        columns = [self.values(frame.iloc[:, i], f"{where}.iloc[:, {i}] ({frame.columns[i]!r})")
-                   for i in range(frame.shape[1])]
-        return {"t": "DataFrame", "columns": self.index(frame.columns, f"{where}.columns"),
-                "index": self.index(frame.index, f"{where}.index"), "v": columns, **self.attrs(frame, where)}
+        columns = [
+            self.values(frame.iloc[:, i], f"{where}.iloc[:, {i}] ({frame.columns[i]!r})") for i in range(frame.shape[1])
+        ]
+        return {
+            "t": "DataFrame",
+            "columns": self.index(frame.columns, f"{where}.columns"),
+            "index": self.index(frame.index, f"{where}.index"),
+            "v": columns,
+            **self.attrs(frame, where),
+        }
 
     def attrs(self, value: pd.DataFrame | pd.Series, where: str) -> dict[str, Any]:
         return {"attrs": self.node(dict(value.attrs), f"{where}.attrs")} if value.attrs else {}
 
 
 # ---------------------------------------------------------------------------------------------------- reading
+
 
 def loads(blob: bytes) -> Any:
     """The value that :func:`dumps` encoded into ``blob``, read with ``np.load(allow_pickle=False)`` and JSON only.
@@ -402,8 +450,9 @@ class _Decoder:
             return self.node(node)
         if t == "categorical":
             categories = self.index(node["categories"])
-            return pd.Categorical.from_codes(self.node(_check(node["codes"], dict)), categories=categories,
-                                             ordered=_check(node["ordered"], bool))
+            return pd.Categorical.from_codes(
+                self.node(_check(node["codes"], dict)), categories=categories, ordered=_check(node["ordered"], bool)
+            )
         if t == "string":
             if node["storage"] not in ("python", "pyarrow"):
                 raise DecodeError(f"unknown string storage {node['storage']!r}")
@@ -428,15 +477,25 @@ class _Decoder:
         _check(node, dict)
         t = node.get("t")
         if t == "RangeIndex":
-            return pd.RangeIndex(_check(node["start"], int), _check(node["stop"], int), _check(node["step"], int),
-                                 name=self.node(node["name"]))
+            return pd.RangeIndex(
+                _check(node["start"], int),
+                _check(node["stop"], int),
+                _check(node["step"], int),
+                name=self.node(node["name"]),
+            )
         if t == "MultiIndex":
-            return pd.MultiIndex(levels=[self.index(lv) for lv in _check(node["levels"], list)],
-                                 codes=[self.node(_check(c, dict)) for c in _check(node["codes"], list)],
-                                 names=[self.node(n) for n in _check(node["names"], list)])
+            return pd.MultiIndex(
+                levels=[self.index(lv) for lv in _check(node["levels"], list)],
+                codes=[self.node(_check(c, dict)) for c in _check(node["codes"], list)],
+                names=[self.node(n) for n in _check(node["names"], list)],
+            )
         if t == "Index":
-            cls = {"Index": pd.Index, "CategoricalIndex": pd.CategoricalIndex, "DatetimeIndex": pd.DatetimeIndex,
-                   "TimedeltaIndex": pd.TimedeltaIndex}[node["cls"]]
+            cls = {
+                "Index": pd.Index,
+                "CategoricalIndex": pd.CategoricalIndex,
+                "DatetimeIndex": pd.DatetimeIndex,
+                "TimedeltaIndex": pd.TimedeltaIndex,
+            }[node["cls"]]
             values = self.values(node["v"])
             freq = node.get("freq")
             options = {"freq": _check(freq, str)} if freq is not None else {}
@@ -467,8 +526,9 @@ class _Decoder:
         if len(data) != len(columns) or any(len(c) != len(index) for c in data):
             raise DecodeError("frame columns do not match its shape")
         positions = pd.RangeIndex(len(index))  # built by position, then labelled: nothing is aligned on labels
-        frame = pd.DataFrame({i: pd.Series(c, index=positions, dtype=c.dtype, copy=False)
-                              for i, c in enumerate(data)}, index=positions)
+        frame = pd.DataFrame(
+            {i: pd.Series(c, index=positions, dtype=c.dtype, copy=False) for i, c in enumerate(data)}, index=positions
+        )
         frame.index, frame.columns = index, columns
         frame.attrs = self._attrs(node)
         return frame
@@ -486,7 +546,14 @@ class _Decoder:
     _HANDLERS: dict[str, Callable[[_Decoder, dict[str, Any]], Any]] = {
         **dict.fromkeys(("None", "bool", "int", "float", "complex", "str", "bytes"), _scalar),
         **dict.fromkeys(("list", "tuple", "set", "frozenset"), _collection),
-        "dict": _dict, "ndarray": _ndarray, "npscalar": _npscalar, "objarray": _objarray,
-        "RangeIndex": _index, "MultiIndex": _index, "Index": _index,
-        "Series": _series, "DataFrame": _frame, "dataclass": _dataclass,
+        "dict": _dict,
+        "ndarray": _ndarray,
+        "npscalar": _npscalar,
+        "objarray": _objarray,
+        "RangeIndex": _index,
+        "MultiIndex": _index,
+        "Index": _index,
+        "Series": _series,
+        "DataFrame": _frame,
+        "dataclass": _dataclass,
     }

@@ -48,8 +48,10 @@ from normlib import cache as _cache
 __all__ = ["sweep", "expand_grid", "SweepError"]
 
 
-_DIED = (". A worker process died: out of memory, killed, or a script that starts a sweep outside "
-         "`if __name__ == '__main__':` (spawned workers re-import the main script)")
+_DIED = (
+    ". A worker process died: out of memory, killed, or a script that starts a sweep outside "
+    "`if __name__ == '__main__':` (spawned workers re-import the main script)"
+)
 
 
 class SweepError(RuntimeError):
@@ -69,29 +71,41 @@ def expand_grid(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]])
     """
     if isinstance(grid, Mapping):
         if not grid:
-            raise ValueError("parameter 'grid': empty; allowed: a dict of non-empty lists, or a non-empty list "
-                             "of dicts")
+            raise ValueError(
+                "parameter 'grid': empty; allowed: a dict of non-empty lists, or a non-empty list of dicts"
+            )
         for key, values in grid.items():
             if not isinstance(key, str):
                 raise ValueError(f"parameter 'grid': key {key!r} is not a string")
             if not isinstance(values, (list, tuple, range)):
-                raise ValueError(f"parameter 'grid': grid[{key!r}] must be a list of values, got "
-                                 f"{type(values).__name__} {values!r} (write [{values!r}] for a single value)")
+                raise ValueError(
+                    f"parameter 'grid': grid[{key!r}] must be a list of values, got "
+                    f"{type(values).__name__} {values!r} (write [{values!r}] for a single value)"
+                )
             if len(values) == 0:
                 raise ValueError(f"parameter 'grid': grid[{key!r}] is an empty list")
         return [dict(zip(grid, point)) for point in itertools.product(*grid.values())]
     if not isinstance(grid, (list, tuple)) or not grid:
-        raise ValueError(f"parameter 'grid': invalid value {grid!r}; allowed: a dict of non-empty lists, or a "
-                         f"non-empty list of dicts")
+        raise ValueError(
+            f"parameter 'grid': invalid value {grid!r}; allowed: a dict of non-empty lists, or a "
+            f"non-empty list of dicts"
+        )
     for i, point in enumerate(grid):
         if not isinstance(point, Mapping) or not all(isinstance(k, str) for k in point):
             raise ValueError(f"parameter 'grid': grid[{i}] must be a dict with string keys, got {point!r}")
     return [dict(point) for point in grid]
 
 
-def sweep(fn: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
-          executor: Any = None, cache: bool = True, cache_root: str | os.PathLike | None = None,
-          progress: bool = True, desc: str | None = None) -> pd.DataFrame:
+def sweep(
+    fn: Callable[..., Any],
+    grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+    *,
+    executor: Any = None,
+    cache: bool = True,
+    cache_root: str | os.PathLike | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> pd.DataFrame:
     """``fn(**config)`` for every point of ``grid`` (see :func:`expand_grid`), as a DataFrame in grid order.
 
     Args:
@@ -117,8 +131,10 @@ def sweep(fn: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | Sequence[M
     if any("result" in c for c in configs):
         raise ValueError("parameter 'grid': 'result' cannot be a config key (it names the column of results)")
     if not (executor is None or executor == "serial" or callable(getattr(executor, "submit", None))):
-        raise TypeError(f"parameter 'executor': invalid value {executor!r}; allowed: None (a local process "
-                        f"pool), 'serial', or an executor with a submit method (concurrent.futures, Dask, submitit)")
+        raise TypeError(
+            f"parameter 'executor': invalid value {executor!r}; allowed: None (a local process "
+            f"pool), 'serial', or an executor with a submit method (concurrent.futures, Dask, submitit)"
+        )
     if executor != "serial":
         _check_importable(fn)
     root = Path(cache_root if cache_root is not None else _cache.cache_root()).absolute() if cache else None
@@ -131,21 +147,31 @@ def sweep(fn: Callable[..., Any], grid: Mapping[str, Sequence[Any]] | Sequence[M
                 results[i] = value
     todo = [i for i in range(len(configs)) if i not in results]
 
-    with tqdm(total=len(configs), initial=len(results), desc=desc or getattr(fn, "__name__", "sweep"),
-              disable=not progress) as bar:
+    with tqdm(
+        total=len(configs), initial=len(results), desc=desc or getattr(fn, "__name__", "sweep"), disable=not progress
+    ) as bar:
         failures = _run(fn, configs, todo, root, executor, results, bar)
     if failures:
         (first_config, first_error), n = failures[0], len(failures)
         died = any(isinstance(err, BrokenProcessPool) for _, err in failures)
-        raise SweepError(f"{n} of {len(configs)} points failed (every other point ran to the end"
-                         f"{' and is cached' if cache else ''}); first: {first_config} raised {first_error!r}"
-                         + (_DIED if died else ""), failures) from first_error
+        raise SweepError(
+            f"{n} of {len(configs)} points failed (every other point ran to the end"
+            f"{' and is cached' if cache else ''}); first: {first_config} raised {first_error!r}"
+            + (_DIED if died else ""),
+            failures,
+        ) from first_error
     return _frame(configs, [results[i] for i in range(len(configs))])
 
 
-def _run(fn: Callable[..., Any], configs: list[dict[str, Any]], todo: list[int], root: Path | None,
-         executor: Any, results: dict[int, Any], bar: tqdm
-         ) -> list[tuple[dict[str, Any], BaseException]]:
+def _run(
+    fn: Callable[..., Any],
+    configs: list[dict[str, Any]],
+    todo: list[int],
+    root: Path | None,
+    executor: Any,
+    results: dict[int, Any],
+    bar: tqdm,
+) -> list[tuple[dict[str, Any], BaseException]]:
     """Compute the points ``todo`` into ``results``; return the failures, in grid order."""
     errors: dict[int, BaseException] = {}
     if executor == "serial":
@@ -201,8 +227,9 @@ def _compute(fn: Callable[..., Any], config: dict[str, Any], root: Path | None) 
 def _local_pool(n_points: int) -> ProcessPoolExecutor:
     """Spawned workers with one torch thread each, so that N workers use N cores, not N x N."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return ProcessPoolExecutor(max_workers=min(n_points, cpus), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker)
+    return ProcessPoolExecutor(
+        max_workers=min(n_points, cpus), mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+    )
 
 
 def _init_worker() -> None:
@@ -216,12 +243,16 @@ def _check_importable(fn: Callable[..., Any]) -> None:
         raise TypeError(f"fn must be a function, got {type(fn).__name__}")
     where = f"{fn.__module__}.{qualname}"
     if "<lambda>" in qualname or "<locals>" in qualname:
-        raise TypeError(f"{where} is a lambda or a local function, which worker processes cannot import; define it "
-                        f"at module level of an importable module, or use executor='serial'")
+        raise TypeError(
+            f"{where} is a lambda or a local function, which worker processes cannot import; define it "
+            f"at module level of an importable module, or use executor='serial'"
+        )
     main = sys.modules.get("__main__")
     if fn.__module__ == "__main__" and not getattr(main, "__file__", None):
-        raise TypeError(f"{where} was defined in a notebook or REPL, which worker processes cannot import; move it "
-                        f"into a module (a .py file on the path, or normlib), or use executor='serial'")
+        raise TypeError(
+            f"{where} was defined in a notebook or REPL, which worker processes cannot import; move it "
+            f"into a module (a .py file on the path, or normlib), or use executor='serial'"
+        )
 
 
 def _frame(configs: list[dict[str, Any]], results: list[Any]) -> pd.DataFrame:

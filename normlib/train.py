@@ -124,37 +124,62 @@ class _PossiblyEmptyList(Param):
             raise self._fail(value, "not strictly increasing")
         return items
 
+
 #: Every scalar field of :class:`TrainConfig`, validated by :meth:`normlib.params.Param.coerce`; the presets of
 #: :mod:`normlib.presets` reuse these definitions.
-PARAMS: dict[str, Param] = {p.name: p for p in (
-    Param("lr", "float", "base learning rate (the step size at batch 256 when lr_scale_with_batch)", minimum=0),
-    Param("momentum", "float", "SGD momentum", minimum=0, maximum=1),
-    Param("weight_decay", "float", "L2 weight decay on all parameters", minimum=0),
-    Param("batch_size", "int", "images per optimizer step", minimum=2),
-    Param("epochs", "int", "epochs trained", minimum=1),
-    Param("schedule_epochs", "optional_int", "epochs the LR schedule is built for (None: epochs)", minimum=1),
-    Param("warmup_epochs", "float", "linear LR warm-up from 0, in epochs (the paper: 5 for FRN)", minimum=0),
-    Param("lr_scale_with_batch", "bool", "step size lr*256/batch_size, as the paper"),
-    Param("schedule", "str", "paper: peak LR for 75% of the post-warm-up steps, then a tenth; constant: peak LR; "
-          "multistep: times lr_decay at each epoch of lr_milestones", choices=SCHEDULES),
-    _PossiblyEmptyList("lr_milestones", "int_list", "epochs at which schedule 'multistep' multiplies the LR by "
-                       "lr_decay (strictly increasing; empty: none)", minimum=1),
-    Param("lr_decay", "float", "factor applied to the LR at each of lr_milestones (schedule 'multistep')",
-          minimum=0, maximum=1),
-    Param("divergence_factor", "float", "diverged when the loss is non-finite or exceeds this times the first loss",
-          minimum=1),
-    Param("device", "str", "cpu, cuda or auto (CUDA when present)", choices=DEVICES),
-    Param("seed", "int", "seeds the model, the batch order and the flips", minimum=0),
-    Param("probe_every", "int", "probe every k-th step (steps 0, k, 2k, ...)", minimum=1),
-    Param("max_steps", "optional_int", "stop after this many steps (None: all epochs)", minimum=1),
-    Param("progress", "bool", "show a tqdm progress bar"),
-    Param("augment", "bool", "random horizontal flips of the training images (the paper's only augmentation)"),
-)}
+PARAMS: dict[str, Param] = {
+    p.name: p
+    for p in (
+        Param("lr", "float", "base learning rate (the step size at batch 256 when lr_scale_with_batch)", minimum=0),
+        Param("momentum", "float", "SGD momentum", minimum=0, maximum=1),
+        Param("weight_decay", "float", "L2 weight decay on all parameters", minimum=0),
+        Param("batch_size", "int", "images per optimizer step", minimum=2),
+        Param("epochs", "int", "epochs trained", minimum=1),
+        Param("schedule_epochs", "optional_int", "epochs the LR schedule is built for (None: epochs)", minimum=1),
+        Param("warmup_epochs", "float", "linear LR warm-up from 0, in epochs (the paper: 5 for FRN)", minimum=0),
+        Param("lr_scale_with_batch", "bool", "step size lr*256/batch_size, as the paper"),
+        Param(
+            "schedule",
+            "str",
+            "paper: peak LR for 75% of the post-warm-up steps, then a tenth; constant: peak LR; "
+            "multistep: times lr_decay at each epoch of lr_milestones",
+            choices=SCHEDULES,
+        ),
+        _PossiblyEmptyList(
+            "lr_milestones",
+            "int_list",
+            "epochs at which schedule 'multistep' multiplies the LR by lr_decay (strictly increasing; empty: none)",
+            minimum=1,
+        ),
+        Param(
+            "lr_decay",
+            "float",
+            "factor applied to the LR at each of lr_milestones (schedule 'multistep')",
+            minimum=0,
+            maximum=1,
+        ),
+        Param(
+            "divergence_factor",
+            "float",
+            "diverged when the loss is non-finite or exceeds this times the first loss",
+            minimum=1,
+        ),
+        Param("device", "str", "cpu, cuda or auto (CUDA when present)", choices=DEVICES),
+        Param("seed", "int", "seeds the model, the batch order and the flips", minimum=0),
+        Param("probe_every", "int", "probe every k-th step (steps 0, k, 2k, ...)", minimum=1),
+        Param("max_steps", "optional_int", "stop after this many steps (None: all epochs)", minimum=1),
+        Param("progress", "bool", "show a tqdm progress bar"),
+        Param("augment", "bool", "random horizontal flips of the training images (the paper's only augmentation)"),
+    )
+}
 
-_METRIC_PARAMS = {name: Param(name, "str_list", doc, choices=METRICS) for name, doc in (
-    ("probe_metrics", "probe metrics at model.probe_points() (activations)"),
-    ("conv_metrics", "probe metrics at model.conv_points() (the paper's Conv_prober: std, grad_norm)"),
-)}
+_METRIC_PARAMS = {
+    name: Param(name, "str_list", doc, choices=METRICS)
+    for name, doc in (
+        ("probe_metrics", "probe metrics at model.probe_points() (activations)"),
+        ("conv_metrics", "probe metrics at model.conv_points() (the paper's Conv_prober: std, grad_norm)"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -211,15 +236,19 @@ class TrainConfig:
             object.__setattr__(self, name, param.coerce(getattr(self, name)))
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
         if self.lr_milestones and self.schedule != "multistep":
-            raise ParameterError(f"parameter 'lr_milestones': invalid value {list(self.lr_milestones)!r} with "
-                                 f"schedule {self.schedule!r}; allowed: milestones only with schedule 'multistep' "
-                                 "(else an empty list)")
+            raise ParameterError(
+                f"parameter 'lr_milestones': invalid value {list(self.lr_milestones)!r} with "
+                f"schedule {self.schedule!r}; allowed: milestones only with schedule 'multistep' "
+                "(else an empty list)"
+            )
         for name, param in _METRIC_PARAMS.items():
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(param.coerce(value)) if len(value) else ())
         if self.warmup_epochs > self.total_epochs:
-            raise ParameterError(f"parameter 'warmup_epochs': invalid value {self.warmup_epochs!r}; allowed: at "
-                                 f"most the {self.total_epochs} epochs of the LR schedule")
+            raise ParameterError(
+                f"parameter 'warmup_epochs': invalid value {self.warmup_epochs!r}; allowed: at "
+                f"most the {self.total_epochs} epochs of the LR schedule"
+            )
 
     @property
     def total_epochs(self) -> int:
@@ -268,8 +297,15 @@ def scaled_lr(lr: float, batch_size: int, scale_with_batch: bool = True) -> floa
     return lr * REFERENCE_BATCH / batch_size if scale_with_batch else lr
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, schedule: str,
-          milestone_steps: Sequence[int] = (), decay: float = 0.1) -> float:
+def lr_at(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    base_lr: float,
+    schedule: str,
+    milestone_steps: Sequence[int] = (),
+    decay: float = 0.1,
+) -> float:
     """The learning rate of step ``step`` (0-based) of a ``total_steps``-step schedule.
 
     Linear warm-up from 0, ``base_lr * step / warmup_steps`` for ``step < warmup_steps``; then ``base_lr``; with
@@ -294,8 +330,9 @@ def _lr_schedule(config: TrainConfig, steps_per_epoch: int, n_steps: int) -> lis
     total = config.total_epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
     milestones = [m * steps_per_epoch for m in config.lr_milestones]
-    return [lr_at(t, total, warmup, config.peak_lr, config.schedule, milestones, config.lr_decay)
-            for t in range(n_steps)]
+    return [
+        lr_at(t, total, warmup, config.peak_lr, config.schedule, milestones, config.lr_decay) for t in range(n_steps)
+    ]
 
 
 def _is_divergent(loss: float, first_loss: float, factor: float) -> bool:
@@ -303,8 +340,9 @@ def _is_divergent(loss: float, first_loss: float, factor: float) -> bool:
     return not math.isfinite(loss) or loss > factor * first_loss
 
 
-def _open_probes(stack: ExitStack, model: nn.Module, config: TrainConfig,
-                 points: Sequence[tuple[str, nn.Module]] | None) -> list[Probe]:
+def _open_probes(
+    stack: ExitStack, model: nn.Module, config: TrainConfig, points: Sequence[tuple[str, nn.Module]] | None
+) -> list[Probe]:
     """Enter one Probe per kind of point asked for: activations (``points`` or ``model.probe_points()``), convs."""
     opened = []
     if config.probe_metrics:
@@ -319,8 +357,18 @@ def _probe_frame(opened: list[Probe]) -> pd.DataFrame:
     frames = [p.frame() for p in opened]
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (("point", str), ("index", "int64"), ("metric", str),
-                                                                 ("value", "float64"), ("step", "int64"))})
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=t)
+                for c, t in (
+                    ("point", str),
+                    ("index", "int64"),
+                    ("metric", str),
+                    ("value", "float64"),
+                    ("step", "int64"),
+                )
+            }
+        )
     frame = pd.concat(frames, ignore_index=True)
     return frame.astype({"step": "int64"}).sort_values("step", kind="stable", ignore_index=True)
 
@@ -333,14 +381,21 @@ StepHook = Callable[[int, nn.Module, torch.optim.Optimizer], None]
 
 def sgd(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The default optimizer: ``torch.optim.SGD`` on all parameters with ``config``'s momentum and weight decay."""
-    return torch.optim.SGD(model.parameters(), lr=config.peak_lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.peak_lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
 
 
-def train(model: nn.Module, train_set: data.Dataset, test_set: data.Dataset | None = None,
-          config: TrainConfig = TrainConfig(), probes: Sequence[tuple[str, nn.Module]] | None = None,
-          *, optimizer_factory: OptimizerFactory | None = None, on_step: StepHook | None = None
-          ) -> TrainResult:
+def train(
+    model: nn.Module,
+    train_set: data.Dataset,
+    test_set: data.Dataset | None = None,
+    config: TrainConfig = TrainConfig(),
+    probes: Sequence[tuple[str, nn.Module]] | None = None,
+    *,
+    optimizer_factory: OptimizerFactory | None = None,
+    on_step: StepHook | None = None,
+) -> TrainResult:
     """Train ``model`` in place on ``train_set`` with SGD (see the module's doc for every formula).
 
     Args:
@@ -397,10 +452,16 @@ def train(model: nn.Module, train_set: data.Dataset, test_set: data.Dataset | No
     model.eval()
     nan = float("nan")
     test_accuracy = evaluate(model, test_set) if test_set is not None and not log.diverged else nan
-    return TrainResult(history=log.frame(), probes=probe_frame, test_accuracy=test_accuracy,
-                       train_accuracy=nan if log.diverged else log.last_epoch_accuracy(),
-                       diverged=log.diverged, diverged_step=log.diverged_step, wall_time_s=clock.seconds,
-                       config=config)
+    return TrainResult(
+        history=log.frame(),
+        probes=probe_frame,
+        test_accuracy=test_accuracy,
+        train_accuracy=nan if log.diverged else log.last_epoch_accuracy(),
+        diverged=log.diverged,
+        diverged_step=log.diverged_step,
+        wall_time_s=clock.seconds,
+        config=config,
+    )
 
 
 def _steps(train_set: data.Dataset, config: TrainConfig, steps_per_epoch: int, n_steps: int):
@@ -437,14 +498,16 @@ class _Log:
 
     def frame(self) -> pd.DataFrame:
         step, epoch, loss, correct, n, lr = (list(c) for c in zip(*self.rows))
-        return pd.DataFrame({
-            "step": pd.Series(step, dtype="int64"),
-            "epoch": pd.Series(epoch, dtype="int64"),
-            "loss": pd.Series(loss, dtype="float64"),
-            "accuracy": pd.Series([c / k for c, k in zip(correct, n)], dtype="float64"),
-            "lr": pd.Series(lr, dtype="float64"),
-            "diverged": pd.Series([s == self.diverged_step for s in step], dtype=bool),
-        })
+        return pd.DataFrame(
+            {
+                "step": pd.Series(step, dtype="int64"),
+                "epoch": pd.Series(epoch, dtype="int64"),
+                "loss": pd.Series(loss, dtype="float64"),
+                "accuracy": pd.Series([c / k for c, k in zip(correct, n)], dtype="float64"),
+                "lr": pd.Series(lr, dtype="float64"),
+                "diverged": pd.Series([s == self.diverged_step for s in step], dtype=bool),
+            }
+        )
 
     def last_epoch_accuracy(self) -> float:
         last = self.rows[-1][1]
@@ -481,13 +544,17 @@ def load_splits(dataset: str | Mapping[str, Any], seed: int) -> tuple[data.Datas
     """
     spec = {"name": dataset} if isinstance(dataset, str) else dict(dataset)
     if "name" not in spec:
-        raise ParameterError(f"parameter 'dataset': invalid value {dataset!r}; allowed: a dataset name "
-                             f"({', '.join(data.DATASETS)}) or a dict with a 'name' and load_dataset options")
+        raise ParameterError(
+            f"parameter 'dataset': invalid value {dataset!r}; allowed: a dataset name "
+            f"({', '.join(data.DATASETS)}) or a dict with a 'name' and load_dataset options"
+        )
     spec.setdefault("seed", seed)
     common = {k: v for k, v in spec.items() if not k.startswith("test_")}
     test = {**common, "subset": None, **{k.removeprefix("test_"): v for k, v in spec.items() if k.startswith("test_")}}
-    return (data.load_dataset(split="train", **_tuple_shape(common)),
-            data.load_dataset(split="test", **_tuple_shape(test)))
+    return (
+        data.load_dataset(split="train", **_tuple_shape(common)),
+        data.load_dataset(split="test", **_tuple_shape(test)),
+    )
 
 
 def _tuple_shape(options: dict[str, Any]) -> dict[str, Any]:
@@ -512,8 +579,12 @@ def model_kwargs_for(model_kwargs: Mapping[str, Any], dataset: data.Dataset) -> 
     return kwargs
 
 
-def train_model(arch: str, model_kwargs: Mapping[str, Any], dataset: str | Mapping[str, Any],
-                config: TrainConfig | Mapping[str, Any]) -> TrainResult:
+def train_model(
+    arch: str,
+    model_kwargs: Mapping[str, Any],
+    dataset: str | Mapping[str, Any],
+    config: TrainConfig | Mapping[str, Any],
+) -> TrainResult:
     """Load the data (:func:`load_splits`), seed, build ``models.build_model(arch, **model_kwargs)`` (with
     :func:`model_kwargs_for`) and :func:`train`.
 

@@ -74,12 +74,20 @@ def run_notebook(tmp_path):
     it asserts the command succeeded and returns the run folder."""
 
     def run(stem: str, params: dict, timeout: int = 900) -> Path:
-        args = [a for name, value in params.items()
-                for a in ("-p", name, json.dumps(value) if isinstance(value, list) else str(value))]
+        args = [
+            a
+            for name, value in params.items()
+            for a in ("-p", name, json.dumps(value) if isinstance(value, list) else str(value))
+        ]
         env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")}
-        result = subprocess.run([sys.executable, "-m", "normlib", "run", f"notebooks/{stem}.md", "--out",
-                                 str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
-                                timeout=timeout, env=env)
+        result = subprocess.run(
+            [sys.executable, "-m", "normlib", "run", f"notebooks/{stem}.md", "--out", str(tmp_path), "--quiet", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith(f"{stem}-")]
         return run_dir

@@ -92,8 +92,11 @@ def test_entry_layout(root):
         assert archive.namelist() == ["manifest.npy"]
     with np.load(io.BytesIO(blob[header:]), allow_pickle=False) as archive:
         manifest = json.loads(archive["manifest"].tobytes())
-    assert manifest == {"format": "normlib-serialize", "version": 1,
-                        "root": {"t": "dict", "s": {"sum": {"t": "int", "v": 1}}}}
+    assert manifest == {
+        "format": "normlib-serialize",
+        "version": 1,
+        "root": {"t": "dict", "s": {"sum": {"t": "int", "v": 1}}},
+    }
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [key[:2], f"{key[:2]}/{key}.entry"]
 
 
@@ -116,8 +119,9 @@ def _entry(key: str, payload: bytes) -> bytes:
     return cache.MAGIC + key.encode() + hashlib.sha256(payload).digest() + payload
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "header", "magic", "empty", "undecodable", "old_format",
-                                    "foreign_npz"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "truncate", "header", "magic", "empty", "undecodable", "old_format", "foreign_npz"]
+)
 def test_damaged_entry_is_recomputed(root, caplog, damage):
     cache.cached_call(add, {"a": 1}, root=root)
     path = entry(root, {"a": 1})
@@ -155,6 +159,7 @@ def test_entry_under_another_key_is_not_trusted(root, caplog):
 
 # -- planted entries: reading a shared cache folder must not run anyone's code ------------------------------------
 
+
 def _touch(path: str) -> None:
     Path(path).write_text("code ran")
 
@@ -183,8 +188,11 @@ def _npz_with_object_array(marker: Path, manifest_too: bool) -> bytes:
 def test_planted_entry_runs_no_code_and_is_recomputed(root, tmp_path, caplog, plant):
     marker = tmp_path / "marker"
     key = cache.cache_key(add, {"a": 3})
-    payload = pickle.dumps(_Plant(marker)) if plant in ("old_pickle_entry", "bare_pickle") else \
-        _npz_with_object_array(marker, manifest_too=plant == "npz_object_manifest")
+    payload = (
+        pickle.dumps(_Plant(marker))
+        if plant in ("old_pickle_entry", "bare_pickle")
+        else _npz_with_object_array(marker, manifest_too=plant == "npz_object_manifest")
+    )
     # the plant is real: read the old way (pickle.loads, np.load with pickles allowed) it runs its code
     if plant in ("old_pickle_entry", "bare_pickle"):
         pickle.loads(payload)
@@ -243,6 +251,7 @@ def test_old_pickle_entries_are_ignored(root):
 
 # -- invalidation, refresh, atomic writes -------------------------------------------------------------------------
 
+
 def test_code_change_invalidates(root, monkeypatch):
     cache.cached_call(add, {"a": 1}, root=root)
     monkeypatch.setattr(cache, "code_fingerprint", lambda: "0" * 64)
@@ -286,6 +295,7 @@ def test_writes_leave_no_temporary_files(root, monkeypatch):
 
 # -- results the codec cannot store ---------------------------------------------------------------------------------
 
+
 def _returns_a_lambda():
     CALLS.append({})
     return {"ok": 1, "fn": lambda: None}
@@ -295,8 +305,11 @@ def test_unstorable_result_is_returned_with_a_warning_and_leaves_nothing(root, c
     with caplog.at_level(logging.WARNING, logger="normlib.cache"):
         result = cache.cached_call(_returns_a_lambda, {}, root=root)
     assert result["ok"] == 1 and callable(result["fn"])
-    assert re.search(r"_returns_a_lambda is not cached: cannot store value\['fn'\]: type function is not "
-                     r"supported; allowed: None, bool, int", caplog.text)
+    assert re.search(
+        r"_returns_a_lambda is not cached: cannot store value\['fn'\]: type function is not "
+        r"supported; allowed: None, bool, int",
+        caplog.text,
+    )
     assert not root.exists() or not [p for p in root.rglob("*") if p.is_file()]
     cache.cached_call(_returns_a_lambda, {}, root=root)
     assert len(CALLS) == 2  # computed again each time
@@ -318,16 +331,19 @@ class _Point(tuple):
     pass
 
 
-@pytest.mark.parametrize("value, match", [
-    (lambda: None, r"value: type function"),
-    ({"a": [1, {2, 3}, {1: object()}]}, r"value\['a'\]\[2\]\[1\]: type object"),
-    (_Unregistered(1), r"_Unregistered \(a dataclass not registered"),
-    (_Point((1, 2)), r"_Point is not supported"),
-    (np.ma.array([1.0]), r"type numpy\.ma\.MaskedArray"),
-    (pd.DataFrame({"p": pd.period_range("2020", periods=2, freq="D")}), r"value\.iloc\[:, 0\] \('p'\).*period"),
-    (pd.Series([1], index=pd.period_range("2020", periods=1, freq="D")), r"value\.index.*PeriodIndex"),
-    (np.array([1, object()], dtype=object), r"value\.flat\[1\]: type object"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        (lambda: None, r"value: type function"),
+        ({"a": [1, {2, 3}, {1: object()}]}, r"value\['a'\]\[2\]\[1\]: type object"),
+        (_Unregistered(1), r"_Unregistered \(a dataclass not registered"),
+        (_Point((1, 2)), r"_Point is not supported"),
+        (np.ma.array([1.0]), r"type numpy\.ma\.MaskedArray"),
+        (pd.DataFrame({"p": pd.period_range("2020", periods=2, freq="D")}), r"value\.iloc\[:, 0\] \('p'\).*period"),
+        (pd.Series([1], index=pd.period_range("2020", periods=1, freq="D")), r"value\.index.*PeriodIndex"),
+        (np.array([1, object()], dtype=object), r"value\.flat\[1\]: type object"),
+    ],
+)
 def test_unsupported_types_are_a_type_error_naming_them(value, match):
     with pytest.raises(TypeError, match=match) as info:
         serialize.dumps(value)
@@ -336,14 +352,22 @@ def test_unsupported_types_are_a_type_error_naming_them(value, match):
 
 # -- exact round trips ---------------------------------------------------------------------------------------------
 
+
 def assert_same(a, b, where="value"):
     """``a`` and ``b`` are the same: types, dtypes, shapes, order, index, and every bit (NaN included)."""
     assert type(a) is type(b), f"{where}: {type(a)} != {type(b)}"
     if isinstance(a, pd.DataFrame):
         assert a.shape == b.shape and list(a.dtypes) == list(b.dtypes) and a.attrs == b.attrs, where
         plain = [i for i in range(a.shape[1]) if a.dtypes.iloc[i] != np.dtype(object)]  # pandas cannot compare [nan]
-        pd.testing.assert_frame_equal(a.iloc[:, plain], b.iloc[:, plain], check_exact=True, check_index_type=True,
-                                      check_column_type=True, check_freq=True, check_flags=True)
+        pd.testing.assert_frame_equal(
+            a.iloc[:, plain],
+            b.iloc[:, plain],
+            check_exact=True,
+            check_index_type=True,
+            check_column_type=True,
+            check_freq=True,
+            check_flags=True,
+        )
         assert_same(a.columns, b.columns, f"{where}.columns")
         assert_same(a.index, b.index, f"{where}.index")
         for i in range(a.shape[1]):
@@ -409,58 +433,131 @@ NEG_NAN = struct.unpack(">d", bytes.fromhex("fff8000000000001"))[0]  # another N
 
 
 def _history() -> pd.DataFrame:
-    return pd.DataFrame({"step": np.arange(3), "epoch": [0, 0, 1], "loss": [2.3, NAN, np.inf],
-                         "accuracy": [0.1, 0.2, 0.3], "lr": [0.1, 0.1, 0.01], "diverged": [False, False, True]})
+    return pd.DataFrame(
+        {
+            "step": np.arange(3),
+            "epoch": [0, 0, 1],
+            "loss": [2.3, NAN, np.inf],
+            "accuracy": [0.1, 0.2, 0.3],
+            "lr": [0.1, 0.1, 0.01],
+            "diverged": [False, False, True],
+        }
+    )
 
 
 #: One value per kind the experiments return (see the notebooks' ``compute`` and their sweeps' point functions).
 VALUES = {
-    "scalars": [None, True, False, 0, -7, 2**80, 0.1, -0.0, NAN, NEG_NAN, np.inf, -np.inf, 5e-324, 1 + 2j, "",
-                "é\u2028\ud800", b"\x00\xff"],
-    "containers": {"tuple": (1, (2.5, "x"), ()), "set": {1, 2, "a"}, "frozenset": frozenset({3.5}),
-                   "keys": {1: "int", (1, 2): "tuple", None: "none", 2.5: "float", "": {}},
-                   "loss": [float(i) / 3 for i in range(20)] + [NAN, -0.0]},
-    "numpy_scalars": [np.float32(1.5), np.float64(NAN), np.int64(-3), np.int8(-1), np.uint64(2**64 - 1),
-                      np.bool_(True), np.str_("ab"), np.datetime64("2024-01-01", "s"), np.complex64(1j)],
-    "arrays": [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([NAN, -np.inf, 1.0, -0.0], dtype=np.float32),
-               np.array([NAN, -np.inf, 1e308]), np.zeros((0, 3)), np.array(["a", "bc"]), np.array([True, False]),
-               np.arange(6).reshape(2, 3).T, np.array([1, 2], dtype=">i4"), np.array(7.0),
-               np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
-               np.array([[1, "a"], [None, [1.0, NAN]]], dtype=object), np.array([], dtype=object)],
+    "scalars": [
+        None,
+        True,
+        False,
+        0,
+        -7,
+        2**80,
+        0.1,
+        -0.0,
+        NAN,
+        NEG_NAN,
+        np.inf,
+        -np.inf,
+        5e-324,
+        1 + 2j,
+        "",
+        "é\u2028\ud800",
+        b"\x00\xff",
+    ],
+    "containers": {
+        "tuple": (1, (2.5, "x"), ()),
+        "set": {1, 2, "a"},
+        "frozenset": frozenset({3.5}),
+        "keys": {1: "int", (1, 2): "tuple", None: "none", 2.5: "float", "": {}},
+        "loss": [float(i) / 3 for i in range(20)] + [NAN, -0.0],
+    },
+    "numpy_scalars": [
+        np.float32(1.5),
+        np.float64(NAN),
+        np.int64(-3),
+        np.int8(-1),
+        np.uint64(2**64 - 1),
+        np.bool_(True),
+        np.str_("ab"),
+        np.datetime64("2024-01-01", "s"),
+        np.complex64(1j),
+    ],
+    "arrays": [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.array([NAN, -np.inf, 1.0, -0.0], dtype=np.float32),
+        np.array([NAN, -np.inf, 1e308]),
+        np.zeros((0, 3)),
+        np.array(["a", "bc"]),
+        np.array([True, False]),
+        np.arange(6).reshape(2, 3).T,
+        np.array([1, 2], dtype=">i4"),
+        np.array(7.0),
+        np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+        np.array([[1, "a"], [None, [1.0, NAN]]], dtype=object),
+        np.array([], dtype=object),
+    ],
     # the experiments' frames: str, int64, float64 with NaN/inf, bool, object columns of lists or of None/ints
-    "frame": pd.DataFrame({
-        "norm": ["bn", "gn", None], "repeat": np.array([0, 1, 2], dtype=np.int64), "value": [1.5, NAN, -np.inf],
-        "f32": np.array([1, NAN, 3], dtype=np.float32), "diverged": [True, False, True],
-        "loss": [[2.3, 2.2], [], [NAN, 1e300]], "diverged_step": pd.Series([None, 3, None], dtype=object),
-        "label": pd.Series(["x", "y", "z"], dtype=object), "mixed": [None, 3, "s"],
-        "category": pd.Categorical(["u", "v", "u"], ordered=True), "nullable": pd.array([1, None, 3], dtype="Int64"),
-        "maybe": pd.array([True, None, False], dtype="boolean"),
-        "when": pd.to_datetime(["2020-01-01", None, "2021-06-01"]),
-    }),
+    "frame": pd.DataFrame(
+        {
+            "norm": ["bn", "gn", None],
+            "repeat": np.array([0, 1, 2], dtype=np.int64),
+            "value": [1.5, NAN, -np.inf],
+            "f32": np.array([1, NAN, 3], dtype=np.float32),
+            "diverged": [True, False, True],
+            "loss": [[2.3, 2.2], [], [NAN, 1e300]],
+            "diverged_step": pd.Series([None, 3, None], dtype=object),
+            "label": pd.Series(["x", "y", "z"], dtype=object),
+            "mixed": [None, 3, "s"],
+            "category": pd.Categorical(["u", "v", "u"], ordered=True),
+            "nullable": pd.array([1, None, 3], dtype="Int64"),
+            "maybe": pd.array([True, None, False], dtype="boolean"),
+            "when": pd.to_datetime(["2020-01-01", None, "2021-06-01"]),
+        }
+    ),
     "frame_empty": pd.DataFrame(),
     "frame_no_rows": pd.DataFrame(columns=["run", "repeat", "epoch", "test_accuracy"]),
     "frame_typed_no_rows": pd.DataFrame({"a": pd.Series([], dtype=np.float32), "s": pd.Series([], dtype=str)}),
     "frame_duplicate_columns": pd.DataFrame([[1, 2.0, "s"]], columns=["a", "a", 3], index=["r"]),
-    "frame_multiindex": pd.DataFrame({"v": [1.0, 2.0, NAN, 4.0]},
-                                     index=pd.MultiIndex.from_product([["a", "b"], [1, 2]], names=["x", None])),
+    "frame_multiindex": pd.DataFrame(
+        {"v": [1.0, 2.0, NAN, 4.0]}, index=pd.MultiIndex.from_product([["a", "b"], [1, 2]], names=["x", None])
+    ),
     "frame_multiindex_columns": pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("a", 1), ("b", 2)])),
     "frame_float_index": pd.DataFrame({"gn": [0.5, 0.7]}, index=pd.Index([0.01, 0.1], name="lr")),
     "frame_attrs": pd.DataFrame({"a": [1]}),
-    "pivot": pd.DataFrame({"lr": [0.1, 0.1, 1.0], "norm": ["bn", "none", "bn"], "acc": [0.5, 0.4, NAN]})
-    .pivot(index="lr", columns="norm", values="acc"),
-    "series": {"groupby": pd.DataFrame({"setting": ["a", "b", "a"], "value": [1.0, 2.0, 4.0]})
-               .groupby("setting")["value"].mean(),
-               "range": pd.Series([1, 2, 3], index=pd.RangeIndex(10, 16, 2, name="r"), name=("a", 1)),
-               "object_index": pd.Series([1, 2], index=pd.Index(["a", "b"], dtype=object)),
-               "dates": pd.Series([1.0, 2.0, 3.0], index=pd.date_range("2020", periods=3, freq="D")),
-               "categories": pd.Series([1, 2], index=pd.CategoricalIndex(["a", "b"])),
-               "strings": pd.Series(["a", None], name="s"), "uint8": pd.Series([1, None], dtype="UInt8")},
-    "train_result": TrainResult(history=_history(), probes=pd.DataFrame(
-        {"point": pd.Series([], dtype=str), "index": pd.Series([], dtype=np.int64),
-         "metric": pd.Series([], dtype=str), "value": pd.Series([], dtype=float),
-         "step": pd.Series([], dtype=np.int64)}),
-        test_accuracy=NAN, train_accuracy=0.25, diverged=True, diverged_step=2, wall_time_s=0.5,
-        config=TrainConfig(max_steps=3, probe_metrics=["cosine"], schedule="multistep", lr_milestones=[1, 2])),
+    "pivot": pd.DataFrame({"lr": [0.1, 0.1, 1.0], "norm": ["bn", "none", "bn"], "acc": [0.5, 0.4, NAN]}).pivot(
+        index="lr", columns="norm", values="acc"
+    ),
+    "series": {
+        "groupby": pd.DataFrame({"setting": ["a", "b", "a"], "value": [1.0, 2.0, 4.0]})
+        .groupby("setting")["value"]
+        .mean(),
+        "range": pd.Series([1, 2, 3], index=pd.RangeIndex(10, 16, 2, name="r"), name=("a", 1)),
+        "object_index": pd.Series([1, 2], index=pd.Index(["a", "b"], dtype=object)),
+        "dates": pd.Series([1.0, 2.0, 3.0], index=pd.date_range("2020", periods=3, freq="D")),
+        "categories": pd.Series([1, 2], index=pd.CategoricalIndex(["a", "b"])),
+        "strings": pd.Series(["a", None], name="s"),
+        "uint8": pd.Series([1, None], dtype="UInt8"),
+    },
+    "train_result": TrainResult(
+        history=_history(),
+        probes=pd.DataFrame(
+            {
+                "point": pd.Series([], dtype=str),
+                "index": pd.Series([], dtype=np.int64),
+                "metric": pd.Series([], dtype=str),
+                "value": pd.Series([], dtype=float),
+                "step": pd.Series([], dtype=np.int64),
+            }
+        ),
+        test_accuracy=NAN,
+        train_accuracy=0.25,
+        diverged=True,
+        diverged_step=2,
+        wall_time_s=0.5,
+        config=TrainConfig(max_steps=3, probe_metrics=["cosine"], schedule="multistep", lr_milestones=[1, 2]),
+    ),
 }
 VALUES["frame_attrs"].attrs = {"unit": "s", "scales": [0.1, 4.0]}
 
@@ -489,9 +586,21 @@ def test_round_trip_through_the_cache(root):
 def test_arrays_stay_arrays_and_frames_stay_frames():
     back = serialize.loads(serialize.dumps({"f32": np.ones(3, dtype=np.float32), "frame": VALUES["frame"]}))
     assert back["f32"].dtype == np.float32 and back["f32"].flags.writeable
-    assert [str(t) for t in back["frame"].dtypes] == ["str", "int64", "float64", "float32", "bool", "object",
-                                                      "object", "object", "object", "category", "Int64", "boolean",
-                                                      "datetime64[us]"]
+    assert [str(t) for t in back["frame"].dtypes] == [
+        "str",
+        "int64",
+        "float64",
+        "float32",
+        "bool",
+        "object",
+        "object",
+        "object",
+        "object",
+        "category",
+        "Int64",
+        "boolean",
+        "datetime64[us]",
+    ]
     assert back["frame"]["loss"][2][1] == 1e300 and type(back["frame"]["diverged_step"][1]) is int
 
 
@@ -522,6 +631,7 @@ def test_garbage_is_a_decode_error():
 
 # -- where entries go, what keys accept -------------------------------------------------------------------------------
 
+
 def test_cache_root(monkeypatch, tmp_path):
     monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path / "elsewhere"))
     assert cache.cache_root() == tmp_path / "elsewhere"
@@ -534,12 +644,15 @@ def test_cache_root(monkeypatch, tmp_path):
     assert cache.entry_path("ab" + "0" * 62) == tmp_path / "runs" / "cache" / "ab" / ("ab" + "0" * 62 + ".entry")
 
 
-@pytest.mark.parametrize("config,where", [
-    ({"x": object()}, r"config\['x'\]"),
-    ({"opts": {"path": Path("a")}}, r"config\['opts'\]\['path'\].*PosixPath|WindowsPath"),
-    ({"xs": [1, {2, 3}]}, r"config\['xs'\]\[1\].*set"),
-    ({"opts": {1: 2}}, r"config\['opts'\]\[1\].*not a string"),
-])
+@pytest.mark.parametrize(
+    "config,where",
+    [
+        ({"x": object()}, r"config\['x'\]"),
+        ({"opts": {"path": Path("a")}}, r"config\['opts'\]\['path'\].*PosixPath|WindowsPath"),
+        ({"xs": [1, {2, 3}]}, r"config\['xs'\]\[1\].*set"),
+        ({"opts": {1: 2}}, r"config\['opts'\]\[1\].*not a string"),
+    ],
+)
 def test_non_json_config_is_refused(config, where):
     with pytest.raises(TypeError, match=where):
         cache.cache_key(add, config)

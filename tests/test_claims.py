@@ -35,8 +35,10 @@ def test_check_close_needs_a_tolerance():
 
 
 def test_report_writes_claims_json_under_a_run(tmp_path, monkeypatch):
-    checks = [claims.check_close("a", "P", "s", 1.0, 1.0, rel_tol=0.1),
-              claims.check_close("b", "P", "s", 1.0, math.nan, rel_tol=0.1)]
+    checks = [
+        claims.check_close("a", "P", "s", 1.0, 1.0, rel_tol=0.1),
+        claims.check_close("b", "P", "s", 1.0, math.nan, rel_tol=0.1),
+    ]
     monkeypatch.setenv(claims.RUN_DIR_ENV, str(tmp_path))
     claims.report(checks)
     records = json.loads((tmp_path / "claims.json").read_text())

@@ -12,13 +12,35 @@ from normlib import __main__ as cli
 from normlib.experiments import stable_forward as sf
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["-p", "norms", "bn,sws", "-p", "depth", "8", "-p", "widths", "[8, 8, 8]", "-p", "batch_size", "4",
-        "-p", "image_size", "8", "-p", "repeats", "1", "-p", "variants", "plain,skipinit"]
+TINY = [
+    "-p",
+    "norms",
+    "bn,sws",
+    "-p",
+    "depth",
+    "8",
+    "-p",
+    "widths",
+    "[8, 8, 8]",
+    "-p",
+    "batch_size",
+    "4",
+    "-p",
+    "image_size",
+    "8",
+    "-p",
+    "repeats",
+    "1",
+    "-p",
+    "variants",
+    "plain,skipinit",
+]
 
 
 def run_cli(*args, cwd=ROOT, env=None):
-    return subprocess.run([sys.executable, "-m", "normlib", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "normlib", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def test_list_shows_notebooks_and_parameters():
@@ -56,8 +78,15 @@ def test_run_unknown_notebook():
 
 
 def test_run_executes_the_notebook_with_papermill(tmp_path):
-    result = run_cli("run", "notebooks/01_stable_forward.md", "--out", str(tmp_path), "--quiet", *TINY,
-                     env={**__import__("os").environ, "NORMLIB_CACHE": str(tmp_path / "cache")})
+    result = run_cli(
+        "run",
+        "notebooks/01_stable_forward.md",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        *TINY,
+        env={**__import__("os").environ, "NORMLIB_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("01_stable_forward-")]
     assert (run_dir / "01_stable_forward.ipynb").exists()
@@ -78,8 +107,9 @@ class TinyStableForward(sf.StableForward):
         self.doubling = doubling
 
     def resolve(self, preset="book", **overrides):
-        return super().resolve(preset, norms=["bn"], depth=8, widths=[8, 8, 8], batch_size=4, image_size=8,
-                               repeats=1, variants=["plain"])
+        return super().resolve(
+            preset, norms=["bn"], depth=8, widths=[8, 8, 8], batch_size=4, image_size=8, repeats=1, variants=["plain"]
+        )
 
     def predict(self, config, measured=None, *, theory=sf.default_theory):
         if self.doubling:

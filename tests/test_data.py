@@ -17,8 +17,10 @@ import torch
 
 from normlib import data
 
-FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 @pytest.fixture
@@ -38,8 +40,11 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def register(monkeypatch, filename: str, content: bytes, published: bytes | None = None) -> None:
     """Make ``content`` the expected content (and ``published`` the expected download) of ``filename``."""
     md5 = hashlib.md5(content).hexdigest()
-    source = dataclasses.replace(data.SOURCES[filename], content_md5=md5,
-                                 md5=hashlib.md5(published).hexdigest() if published is not None else md5)
+    source = dataclasses.replace(
+        data.SOURCES[filename],
+        content_md5=md5,
+        md5=hashlib.md5(published).hexdigest() if published is not None else md5,
+    )
     monkeypatch.setitem(data.SOURCES, filename, source)
 
 
@@ -66,8 +71,10 @@ def cifar_tar(name: str, sizes: dict[str, int], seed: int = 0) -> tuple[bytes, d
     """A tarball laid out like the official one: python pickles with bytes keys, data rows of 3 * 32 * 32."""
     rng = np.random.default_rng(seed)
     if name == "cifar10":
-        members = {**{f"cifar-10-batches-py/data_batch_{i}": "train" for i in range(1, 6)},
-                   "cifar-10-batches-py/test_batch": "test"}
+        members = {
+            **{f"cifar-10-batches-py/data_batch_{i}": "train" for i in range(1, 6)},
+            "cifar-10-batches-py/test_batch": "test",
+        }
         label_key, classes = b"labels", 10
     else:
         members = {"cifar-100-python/train": "train", "cifar-100-python/test": "test"}
@@ -200,8 +207,7 @@ def _corrupt(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
-@pytest.mark.parametrize("how,match", [("magic", "magic number"), ("truncated", "truncated"),
-                                       ("checksum", "md5")])
+@pytest.mark.parametrize("how,match", [("magic", "magic number"), ("truncated", "truncated"), ("checksum", "md5")])
 def test_corrupt_idx_is_refused(env, monkeypatch, gz, how, match):
     write_fashion(env["data"] / "fashion-mnist", monkeypatch, gz=gz)
     path = env["data"] / "fashion-mnist" / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
@@ -257,8 +263,9 @@ def upstream(env, tmp_path, monkeypatch):
     for files in FASHION_FILES.values():
         for filename in files:
             blob = (folder / filename).read_bytes()
-            source = dataclasses.replace(data.SOURCES[filename], url=(folder / filename).as_uri(),
-                                         md5=hashlib.md5(blob).hexdigest())
+            source = dataclasses.replace(
+                data.SOURCES[filename], url=(folder / filename).as_uri(), md5=hashlib.md5(blob).hexdigest()
+            )
             monkeypatch.setitem(data.SOURCES, filename, source)
     return folder
 

@@ -123,8 +123,11 @@ def test_python_versions_agree():
 def test_every_install_in_the_makefile_goes_through_the_constraints():
     makefile = (ROOT / "Makefile").read_text()
     assert "export PIP_CONSTRAINT := $(CURDIR)/constraints.txt" in makefile
-    overrides = [line for line in makefile.splitlines()
-                 if "PIP_CONSTRAINT" in line and not line.startswith(("export PIP_CONSTRAINT :=", "#"))]
+    overrides = [
+        line
+        for line in makefile.splitlines()
+        if "PIP_CONSTRAINT" in line and not line.startswith(("export PIP_CONSTRAINT :=", "#"))
+    ]
     assert not overrides, f"a recipe overrides the constraints: {overrides}"
     for line in makefile.splitlines():
         if re.search(r"pip install", line):

@@ -19,9 +19,23 @@ chapter = inf.EXPERIMENT
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Synthetic CIFAR-shaped images (no data files needed), a narrow uniform CNN, a few training steps.
-SMALL = dict(dataset="synthetic", subset=64, test_subset=32, batch_size=16, width=16, depth=4,
-             group_sizes=[1, 4, 16], norms=["bn", "none"], pool=4, repeats=1, train_cnn="uniform",
-             train_group_sizes=[1, 4, 16], train_norms=["bn", "none"], max_steps=3, bootstrap=200)
+SMALL = dict(
+    dataset="synthetic",
+    subset=64,
+    test_subset=32,
+    batch_size=16,
+    width=16,
+    depth=4,
+    group_sizes=[1, 4, 16],
+    norms=["bn", "none"],
+    pool=4,
+    repeats=1,
+    train_cnn="uniform",
+    train_group_sizes=[1, 4, 16],
+    train_norms=["bn", "none"],
+    max_steps=3,
+    bootstrap=200,
+)
 
 
 def test_paper_preset_is_the_papers_setup():
@@ -36,8 +50,16 @@ def test_paper_preset_is_the_papers_setup():
 
 
 def test_paper_preset_trains_a_few_steps_on_cifar_shaped_data():
-    config = chapter.resolve("paper", dataset="synthetic", subset=512, test_subset=64, max_steps=2, device="cpu",
-                         train_group_sizes=[8], train_norms=["bn"])
+    config = chapter.resolve(
+        "paper",
+        dataset="synthetic",
+        subset=512,
+        test_subset=64,
+        max_steps=2,
+        device="cpu",
+        train_group_sizes=[8],
+        train_norms=["bn"],
+    )
     point = inf.train_grid(config)[0]
     result = train.train_model(**point)
     assert len(result.history) == 2 and np.isfinite(result.history.loss).all()
@@ -46,8 +68,9 @@ def test_paper_preset_trains_a_few_steps_on_cifar_shaped_data():
 def test_book_preset():
     config = chapter.resolve("book")
     assert config["dataset"] == "fashion-mnist" and config["pool"] == 2 and config["train_cnn"] == "book"
-    assert inf.train_grid(config)[0]["model_kwargs"]["cfg"] == [list(e) if isinstance(e, tuple) else e
-                                                                for e in presets.BOOK_CNN["cfg"]]
+    assert inf.train_grid(config)[0]["model_kwargs"]["cfg"] == [
+        list(e) if isinstance(e, tuple) else e for e in presets.BOOK_CNN["cfg"]
+    ]
 
 
 @pytest.mark.parametrize(
@@ -102,8 +125,14 @@ def test_claims_hold_with_the_right_theory(small_measurement):
     config, measured = small_measurement
     checks = chapter.check(config, {"init": measured}, chapter.predict(config))
     ids = {c.id for c in checks}
-    assert {"B.similarity_rises_with_group_size", "B.rank_falls_with_group_size", "B.ln_above_in_bn",
-            "B.mean_field.gn1", "B.mean_field.bn", "B.mean_field.none"} <= ids
+    assert {
+        "B.similarity_rises_with_group_size",
+        "B.rank_falls_with_group_size",
+        "B.ln_above_in_bn",
+        "B.mean_field.gn1",
+        "B.mean_field.bn",
+        "B.mean_field.none",
+    } <= ids
     assert all(c.passed for c in checks), [(c.id, c.predicted, c.measured) for c in checks if not c.passed]
 
 
@@ -128,19 +157,26 @@ def test_a_wrong_theory_fails_the_check(small_measurement):
 def test_speed_claim_fails_on_a_positive_correlation():
     config = chapter.resolve("book", **SMALL)
     cos = np.linspace(0.3, 0.9, 6)
-    trained = pd.DataFrame({"key": [f"gn{i}" for i in range(2, 8)], "norm": "gn", "group_size": range(2, 8),
-                            "init_cosine": cos, "mean_train_acc": 0.2 + 0.5 * cos, "diverged": False})
+    trained = pd.DataFrame(
+        {
+            "key": [f"gn{i}" for i in range(2, 8)],
+            "norm": "gn",
+            "group_size": range(2, 8),
+            "init_cosine": cos,
+            "mean_train_acc": 0.2 + 0.5 * cos,
+            "diverged": False,
+        }
+    )
     r, low, high = inf.speed_correlation(config, trained)
     assert r == pytest.approx(1.0) and low > 0
-    fake = pd.DataFrame({"setting": [], "norm": [], "group_size": [], "repeat": [], "layer": [], "metric": [],
-                         "value": []})
+    fake = pd.DataFrame(
+        {"setting": [], "norm": [], "group_size": [], "repeat": [], "layer": [], "metric": [], "value": []}
+    )
     empty = dict(config, group_sizes=[], norms=[])
-    check = chapter.check(empty, {"init": fake, "trained": trained},
-                          {"curves": {}, "ranks": {}})[-1]
+    check = chapter.check(empty, {"init": fake, "trained": trained}, {"curves": {}, "ranks": {}})[-1]
     assert check.id == "B.similarity_slows_training" and check.passed is False
     decreasing = trained.assign(mean_train_acc=0.9 - 0.5 * cos + 0.01 * np.sin(np.arange(6)))
-    check = chapter.check(empty, {"init": fake, "trained": decreasing},
-                          {"curves": {}, "ranks": {}})[-1]
+    check = chapter.check(empty, {"init": fake, "trained": decreasing}, {"curves": {}, "ranks": {}})[-1]
     assert check.passed is True
 
 
@@ -158,9 +194,24 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     for name, value in SMALL.items():
         text = ",".join(value) if isinstance(value, list) and isinstance(value[0], str) else str(value)
         args += ["-p", name, text]
-    result = subprocess.run([sys.executable, "-m", "normlib", "run", "notebooks/02_informative_forward.md",
-                             "--out", str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "normlib",
+            "run",
+            "notebooks/02_informative_forward.md",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("02_informative_forward-")]
     assert len(list((run_dir / "figures").glob("*.png"))) >= 3

@@ -8,22 +8,37 @@ import numpy as np
 import pytest
 import torch
 
-from normlib import data, presets
-from normlib import theory
+from normlib import data, presets, theory
 from normlib.experiments import large_learning_rates as ll
 from normlib.params import ParameterError
 
 chapter = ll.EXPERIMENT
 
-TINY = dict(depth=4, widths=[4, 8], step_sizes=[0.001, 1.0, 1000.0], divergence_batches=1, learning_rates=[0.01, 0.1],
-            noise_pool=16, noise_batch_sizes=[2, 8], noise_draws=3, noise_step_sizes=[0.01, 0.1],
-            dataset="synthetic", subset=32, test_subset=16, batch_size=8)
+TINY = dict(
+    depth=4,
+    widths=[4, 8],
+    step_sizes=[0.001, 1.0, 1000.0],
+    divergence_batches=1,
+    learning_rates=[0.01, 0.1],
+    noise_pool=16,
+    noise_batch_sizes=[2, 8],
+    noise_draws=3,
+    noise_step_sizes=[0.01, 0.1],
+    dataset="synthetic",
+    subset=32,
+    test_subset=16,
+    batch_size=8,
+)
 
 
 def test_paper_preset_is_the_papers_setup():
     config = chapter.resolve("paper")
     assert (config["arch"], config["depth"], config["widths"], config["dataset"]) == (
-        "resnet", 110, [16, 32, 64], "cifar10")
+        "resnet",
+        110,
+        [16, 32, 64],
+        "cifar10",
+    )
     assert config["learning_rates"] == [0.0001, 0.003, 0.1] and config["batch_size"] == 128
     assert config["weight_decay"] == 5e-4 and config["momentum"] == 0.9 and config["device"] == "auto"
     train = presets.train_config(config, lr=0.1)
@@ -33,16 +48,19 @@ def test_paper_preset_is_the_papers_setup():
     assert point["arch"] == "resnet" and point["model"]["depth"] == 110
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"norm": "none"}, r"parameter 'norm'.*allowed: a normalizer"),
-    ({"arch": "vgg"}, r"parameter 'arch'.*cnn, resnet"),
-    ({"arch": "resnet", "depth": 10, "widths": [4, 4, 4]}, r"parameter 'depth'.*6n\+2"),
-    ({"widths": [4, 8, 16]}, r"parameter 'widths'.*two widths"),
-    ({"noise_batch_sizes": [8, 512]}, r"parameter 'noise_batch_sizes'.*512 is not below noise_pool 512"),
-    ({"noise_step_sizes": [0.1]}, r"noise_step_sizes.*at least two"),
-    ({"learning_rates": [0.1, 0.0]}, r"parameter 'learning_rates'.*positive"),
-    ({"momentum": 2.0}, r"parameter 'momentum'"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"norm": "none"}, r"parameter 'norm'.*allowed: a normalizer"),
+        ({"arch": "vgg"}, r"parameter 'arch'.*cnn, resnet"),
+        ({"arch": "resnet", "depth": 10, "widths": [4, 4, 4]}, r"parameter 'depth'.*6n\+2"),
+        ({"widths": [4, 8, 16]}, r"parameter 'widths'.*two widths"),
+        ({"noise_batch_sizes": [8, 512]}, r"parameter 'noise_batch_sizes'.*512 is not below noise_pool 512"),
+        ({"noise_step_sizes": [0.1]}, r"noise_step_sizes.*at least two"),
+        ({"learning_rates": [0.1, 0.0]}, r"parameter 'learning_rates'.*positive"),
+        ({"momentum": 2.0}, r"parameter 'momentum'"),
+    ],
+)
 def test_invalid_parameters(overrides, match):
     with pytest.raises(ParameterError, match=match):
         chapter.resolve("book", **overrides)
@@ -87,8 +105,9 @@ def test_sgd_step_deviation_is_zero_along_its_own_gradient():
     own = ll.minibatch_gradient(model, x, y)
     assert ll.sgd_step_deviation(model, x, y, own, 0.1) < 1e-12
     other = torch.zeros_like(own)
-    assert ll.sgd_step_deviation(model, x, y, other, 0.1) == pytest.approx(0.01 * float((own.double() ** 2).sum()),
-                                                                            rel=1e-4)
+    assert ll.sgd_step_deviation(model, x, y, other, 0.1) == pytest.approx(
+        0.01 * float((own.double() ** 2).sum()), rel=1e-4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +140,7 @@ class HundredfoldNoise:
 def test_claims_fail_when_the_theory_is_wrong(tiny):
     config, measured = tiny
     checks = {c.id: c for c in chapter.check(config, measured, chapter.predict(config, measured))}
-    assert set(checks) == {"L.threshold", "L.small_lr", "L.best_lr", "L.noise_batch", "L.noise_level",
-                           "L.noise_step"}
+    assert set(checks) == {"L.threshold", "L.small_lr", "L.best_lr", "L.noise_batch", "L.noise_level", "L.noise_step"}
     steps = measured["noise_steps"].assign(scaled=lambda f: f.deviation / f.step_size**2)
     by_alpha = steps.pivot(index="draw", columns="step_size", values="scaled").to_numpy()
     # every step size draws its own mini-batches, so L.noise_step is a statistical test, not an identity

@@ -139,6 +139,7 @@ def test_evonorm_b0_without_activation_is_variance_norm(x):
 @pytest.mark.parametrize("apply_act", [True, False])
 def test_evonorm_s0_matches_formula(x, apply_act):
     m = randomize(EvoNormS0(C, groups=2, apply_act=apply_act))
+
     def std(t, dims):
         return torch.sqrt(t.var(dim=dims, keepdim=True, unbiased=False) + EPS).expand_as(t)
 

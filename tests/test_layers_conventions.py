@@ -34,8 +34,14 @@ BUILDERS = {
     layers.ScaledStdConv2d: lambda **kw: layers.ScaledStdConv2d(C, C, 3, **kw),
     layers.BWNConv2d: lambda **kw: layers.BWNConv2d(C, C, 3, **kw),
 }
-RUNNING_STATS_LAYERS = [layers.VarianceNorm2d, layers.EvoNormB0, layers.L1BatchNorm2d, layers.LinfBatchNorm2d,
-                        layers.TopkBatchNorm2d, layers.MeanBatchNorm2d]
+RUNNING_STATS_LAYERS = [
+    layers.VarianceNorm2d,
+    layers.EvoNormB0,
+    layers.L1BatchNorm2d,
+    layers.LinfBatchNorm2d,
+    layers.TopkBatchNorm2d,
+    layers.MeanBatchNorm2d,
+]
 
 
 def tensors(module):
@@ -82,10 +88,12 @@ def test_state_dict_round_trips(name):
 
 @pytest.mark.parametrize("name", ["bn", "vn", "evo_b0", "l1bn", "linfbn", "topkbn", "bwn"])
 def test_running_statistics_keep_their_buffer_names(name):
-    expected = {"bn": ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"],
-                "vn": ["weight", "bias", "running_var"],
-                "evo_b0": ["weight", "bias", "v", "running_var"],
-                "bwn": ["bias", "running_mean"]}
+    expected = {
+        "bn": ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"],
+        "vn": ["weight", "bias", "running_var"],
+        "evo_b0": ["weight", "bias", "v", "running_var"],
+        "bwn": ["bias", "running_mean"],
+    }
     deviation = ["weight", "bias", "running_mean", "running_dev"]
     assert list(make_norm(name, C).state_dict()) == expected.get(name, deviation)
 
@@ -218,11 +226,35 @@ def test_reset_running_stats(cls):
 
 # normlib.layers.__all__ before the module became a package
 FORMER_ALL = [
-    "NORM_NAMES", "NormInfo", "norm_info", "register_norm", "make_norm", "make_conv", "make_activation",
-    "conv_norm_act", "resolve_groups", "BatchNorm2d", "LayerNorm2d", "InstanceNorm2d", "GroupNorm2d",
-    "FilterResponseNorm2d", "TLU", "VarianceNorm2d", "WNConv2d", "ScaledStdConv2d", "ScaledReLU", "EvoNormB0",
-    "EvoNormS0", "NORM_MATTERS_NAMES", "L1_CONSTANT", "linf_constant", "L1BatchNorm2d", "LinfBatchNorm2d",
-    "TopkBatchNorm2d", "MeanBatchNorm2d", "BWNConv2d",
+    "NORM_NAMES",
+    "NormInfo",
+    "norm_info",
+    "register_norm",
+    "make_norm",
+    "make_conv",
+    "make_activation",
+    "conv_norm_act",
+    "resolve_groups",
+    "BatchNorm2d",
+    "LayerNorm2d",
+    "InstanceNorm2d",
+    "GroupNorm2d",
+    "FilterResponseNorm2d",
+    "TLU",
+    "VarianceNorm2d",
+    "WNConv2d",
+    "ScaledStdConv2d",
+    "ScaledReLU",
+    "EvoNormB0",
+    "EvoNormS0",
+    "NORM_MATTERS_NAMES",
+    "L1_CONSTANT",
+    "linf_constant",
+    "L1BatchNorm2d",
+    "LinfBatchNorm2d",
+    "TopkBatchNorm2d",
+    "MeanBatchNorm2d",
+    "BWNConv2d",
 ]
 
 
@@ -238,5 +270,6 @@ def test_every_public_class_and_function_is_defined_in_a_mechanism_module():
     for name in layers.__all__:
         obj = getattr(layers, name)
         if callable(obj):
-            assert obj.__module__ in {f"normlib.layers.{m}" for m in ("batch", "group", "evonorm", "reparam",
-                                                                      "registry")}, name
+            assert obj.__module__ in {
+                f"normlib.layers.{m}" for m in ("batch", "group", "evonorm", "reparam", "registry")
+            }, name

@@ -73,12 +73,15 @@ def topk_dev(x, k):
     return linf_c(cols.shape[1]) * largest.mean(dim=1)
 
 
-@pytest.mark.parametrize("make, deviation", [
-    (lambda: L1BatchNorm2d(C), l1_dev),
-    (lambda: LinfBatchNorm2d(C), lambda x: topk_dev(x, 1)),
-    (lambda: TopkBatchNorm2d(C, k=4), lambda x: topk_dev(x, 4)),
-    (lambda: TopkBatchNorm2d(C), lambda x: topk_dev(x, 10)),
-])
+@pytest.mark.parametrize(
+    "make, deviation",
+    [
+        (lambda: L1BatchNorm2d(C), l1_dev),
+        (lambda: LinfBatchNorm2d(C), lambda x: topk_dev(x, 1)),
+        (lambda: TopkBatchNorm2d(C, k=4), lambda x: topk_dev(x, 4)),
+        (lambda: TopkBatchNorm2d(C), lambda x: topk_dev(x, 10)),
+    ],
+)
 def test_training_forward_matches_the_formula(x, make, deviation):
     m = randomize(make())
     torch.testing.assert_close(m(x), reference(x, deviation(x), m.weight, m.bias), **TIGHT)
@@ -91,10 +94,13 @@ def test_linf_is_the_maximum_absolute_deviation(x):
     torch.testing.assert_close(LinfBatchNorm2d(C).scaled_deviation(centred), expected, **TIGHT)
 
 
-@pytest.mark.parametrize("make, deviation", [
-    (lambda: L1BatchNorm2d(C, momentum=0.3), l1_dev),
-    (lambda: TopkBatchNorm2d(C, k=2, momentum=0.3), lambda x: topk_dev(x, 2)),
-])
+@pytest.mark.parametrize(
+    "make, deviation",
+    [
+        (lambda: L1BatchNorm2d(C, momentum=0.3), l1_dev),
+        (lambda: TopkBatchNorm2d(C, k=2, momentum=0.3), lambda x: topk_dev(x, 2)),
+    ],
+)
 def test_running_statistics_and_eval_mode(x, make, deviation):
     m = randomize(make())
     m(x)
@@ -103,8 +109,9 @@ def test_running_statistics_and_eval_mode(x, make, deviation):
     torch.testing.assert_close(m.running_dev, 0.7 + 0.3 * deviation(x), **TIGHT)  # from 1
     m.eval()
     other = x.flip(0) * 0.5 + 3
-    expected = ((other - m.running_mean.view(1, -1, 1, 1)) * (m.weight / (m.running_dev + EPS)).view(1, -1, 1, 1)
-                + m.bias.view(1, -1, 1, 1))
+    expected = (other - m.running_mean.view(1, -1, 1, 1)) * (m.weight / (m.running_dev + EPS)).view(
+        1, -1, 1, 1
+    ) + m.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(m(other), expected, **TIGHT)
     before = m.running_dev.clone()
     m(other)
@@ -140,8 +147,11 @@ def test_bounded_weight_norm_conv():
         conv.gain.copy_(torch.tensor([0.1, 5.0, 2.0, 1.0, 3.0, 0.5], dtype=torch.float64))
         conv.weight.mul_(torch.rand(6, 1, 1, 1, dtype=torch.float64) * 10)
     v, g = conv.weight, conv.gain
-    expected = (conv.rho * g / torch.linalg.vector_norm(g)).view(-1, 1, 1, 1) * v / (
-        torch.linalg.vector_norm(v, dim=(1, 2, 3), keepdim=True) + EPS)
+    expected = (
+        (conv.rho * g / torch.linalg.vector_norm(g)).view(-1, 1, 1, 1)
+        * v
+        / (torch.linalg.vector_norm(v, dim=(1, 2, 3), keepdim=True) + EPS)
+    )
     torch.testing.assert_close(conv.effective_weight(), expected, **TIGHT)
     assert abs(torch.linalg.vector_norm(conv.effective_weight()).item() - rho0.item()) < 1e-4 * rho0.item()
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
@@ -193,7 +203,11 @@ def test_registry_entries():
     assert layers.NORM_NAMES == ("none", "bn", "ln", "in", "gn", "frn", "vn", "wn", "sws", "evo_b0", "evo_s0")
     assert layers.NORM_MATTERS_NAMES == ("l1bn", "linfbn", "topkbn", "bwn")
     assert {n: norm_info(n).family for n in layers.NORM_MATTERS_NAMES} == {
-        "l1bn": "activation", "linfbn": "activation", "topkbn": "activation", "bwn": "parametric"}
+        "l1bn": "activation",
+        "linfbn": "activation",
+        "topkbn": "activation",
+        "bwn": "parametric",
+    }
     assert norm_info("bwn").placement == "in_conv" and norm_info("l1bn").placement == "after_conv"
     expected = {"l1bn": L1BatchNorm2d, "linfbn": LinfBatchNorm2d, "topkbn": TopkBatchNorm2d, "bwn": MeanBatchNorm2d}
     for name, cls in expected.items():
@@ -204,12 +218,15 @@ def test_registry_entries():
     assert make_norm("topkbn", 8).k == 10 and make_norm("topkbn", 8, k=3).k == 3
 
 
-@pytest.mark.parametrize("name, opts, allowed", [
-    ("l1bn", {"k": 2}, "eps, momentum, track_running_stats"),
-    ("linfbn", {"k": 2}, "eps, momentum, track_running_stats"),
-    ("topkbn", {"groups": 2}, "k, eps, momentum, track_running_stats"),
-    ("bwn", {"eps": 1e-3}, "momentum, track_running_stats"),
-])
+@pytest.mark.parametrize(
+    "name, opts, allowed",
+    [
+        ("l1bn", {"k": 2}, "eps, momentum, track_running_stats"),
+        ("linfbn", {"k": 2}, "eps, momentum, track_running_stats"),
+        ("topkbn", {"groups": 2}, "k, eps, momentum, track_running_stats"),
+        ("bwn", {"eps": 1e-3}, "momentum, track_running_stats"),
+    ],
+)
 def test_unknown_options_are_named(name, opts, allowed):
     (option,) = opts
     with pytest.raises(ValueError, match=rf"unknown option {option} .*allowed options: {allowed}$"):

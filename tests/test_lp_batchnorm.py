@@ -14,14 +14,17 @@ from normlib.params import ParameterError
 
 chapter = lb.EXPERIMENT
 
+
 def verdicts_of(config, measured, theory=None):
     options = {} if theory is None else {"theory": theory}
     predicted = chapter.predict(config, measured, **options)
     return chapter.check(config, measured, predicted)
 
+
 SYNTH = {"dataset": "synthetic", "subset": 64, "test_subset": 32}
-TINY = dict(const_ns=[16, 200], const_repeats=64, sigmas=[4.0, 16.0], overflow_repeats=2, width=8, batch_size=32,
-            **SYNTH)
+TINY = dict(
+    const_ns=[16, 200], const_repeats=64, sigmas=[4.0, 16.0], overflow_repeats=2, width=8, batch_size=32, **SYNTH
+)
 
 
 def test_paper_preset_is_the_official_cifar_regime():
@@ -41,8 +44,7 @@ def test_paper_preset_is_the_official_cifar_regime():
 def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
     config = chapter.resolve("paper", device="cpu", lowp_dtype="bfloat16", resnet_depth=8, width=4)
     point = next(p for p in lb.training_grid(config) if p["norm"] == "bwn")
-    point["dataset"] = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 10, "subset": 32,
-                        "test_subset": 16}
+    point["dataset"] = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 10, "subset": 32, "test_subset": 16}
     point["train"] = {**point["train"], "max_steps": 2, "batch_size": 16}
     out = lb.train_point(**point)
     assert out["steps"] == 2 and len(out["loss"]) == 2
@@ -109,8 +111,19 @@ def test_measurement_is_tidy_and_deterministic(tiny):
 def test_claims_hold_with_the_right_theory(tiny):
     config, measured = tiny
     verdicts = {c.id: c for c in verdicts_of(config, measured)}
-    assert {"L.c_l1", "L.c_linf", "L.c_topk", "L.c_derived", "L.overflow_l2.s4", "L.overflow_l2.s16",
-            "L.l1_survives", "L.l1_vs_l2", "L.bwn_vs_wn", "L.lowp_l1bn", "L.lowp_bn"} == set(verdicts)
+    assert {
+        "L.c_l1",
+        "L.c_linf",
+        "L.c_topk",
+        "L.c_derived",
+        "L.overflow_l2.s4",
+        "L.overflow_l2.s16",
+        "L.l1_survives",
+        "L.l1_vs_l2",
+        "L.bwn_vs_wn",
+        "L.lowp_l1bn",
+        "L.lowp_bn",
+    } == set(verdicts)
     for cid in ("L.c_l1", "L.c_derived", "L.overflow_l2.s4", "L.overflow_l2.s16", "L.l1_survives"):
         assert verdicts[cid].passed, verdicts[cid]
     assert not verdicts["L.c_linf"].passed and verdicts["L.c_linf"].measured > 1.2  # the code's constant
@@ -163,10 +176,22 @@ def test_training_claims_follow_the_accuracies(tiny):
 
 
 def test_run_executes_the_notebook_with_papermill(run_notebook):
-    run_dir = run_notebook("08_lp_batchnorm_low_precision", {
-        "const_ns": [16, 128], "const_repeats": 16, "sigmas": [4, 16], "overflow_repeats": 1,
-        "norms": "bn,l1bn,bwn", "lowp_norms": "l1bn", "width": 4, "dataset": "synthetic", "subset": 32,
-        "test_subset": 16, "batch_size": 16})
+    run_dir = run_notebook(
+        "08_lp_batchnorm_low_precision",
+        {
+            "const_ns": [16, 128],
+            "const_repeats": 16,
+            "sigmas": [4, 16],
+            "overflow_repeats": 1,
+            "norms": "bn,l1bn,bwn",
+            "lowp_norms": "l1bn",
+            "width": 4,
+            "dataset": "synthetic",
+            "subset": 32,
+            "test_subset": 16,
+            "batch_size": 16,
+        },
+    )
     assert (run_dir / "08_lp_batchnorm_low_precision.ipynb").exists()
     assert len(list((run_dir / "figures").glob("*.png"))) >= 3
     records = json.loads((run_dir / "claims.json").read_text())

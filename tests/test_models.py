@@ -27,8 +27,28 @@ def run(model, in_channels=3, size=8, batch=4):
 
 def test_paper_configs():
     assert models.CNN_CONFIGS["cfg_10"] == [64, (64, 2), 128, (128, 2), 256, (256, 2), 512, (512, 2), 512, 512]
-    assert models.CNN_CONFIGS["cfg_20"] == [64, 64, 64, (64, 2), 128, 128, 128, (128, 2), 256, 256, 256, (256, 2),
-                                            256, 256, 256, (256, 2), 512, 512, 512, 512]
+    assert models.CNN_CONFIGS["cfg_20"] == [
+        64,
+        64,
+        64,
+        (64, 2),
+        128,
+        128,
+        128,
+        (128, 2),
+        256,
+        256,
+        256,
+        (256, 2),
+        256,
+        256,
+        256,
+        (256, 2),
+        512,
+        512,
+        512,
+        512,
+    ]
     cfg_40 = models.CNN_CONFIGS["cfg_40"]
     widths = [e[0] if isinstance(e, tuple) else e for e in cfg_40]
     assert len(cfg_40) == 40

@@ -192,8 +192,13 @@ def offline_index(tmp_path_factory) -> dict[str, Path]:
 def _pip_environment() -> dict[str, str]:
     """No pip configuration, no constraints: pip as a user runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
-    return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
-            "PYTHONNOUSERSITE": "1"}
+    return {
+        **env,
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_INPUT": "1",
+        "PYTHONNOUSERSITE": "1",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -203,10 +208,21 @@ def venv_with_torch(tmp_path_factory, offline_index) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
     python = venv / "bin" / "python"
     (wheel,) = offline_index["stand-in"].glob("*.whl")
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", str(wheel)], check=True,
-                   env=_pip_environment(), capture_output=True, timeout=300)
-    listed = subprocess.run([python, "-m", "pip", "list", "--format=json"], check=True, env=_pip_environment(),
-                            capture_output=True, text=True, timeout=300).stdout
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", str(wheel)],
+        check=True,
+        env=_pip_environment(),
+        capture_output=True,
+        timeout=300,
+    )
+    listed = subprocess.run(
+        [python, "-m", "pip", "list", "--format=json"],
+        check=True,
+        env=_pip_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     installed = {canonicalize_name(d["name"]): d["version"] for d in json.loads(listed)}
     assert installed.get("torch") == STAND_IN_TORCH and "numpy" not in installed, installed
     return python
@@ -219,8 +235,10 @@ def _dry_run(python: Path, tmp_path: Path, find_links: list[Path], target: str) 
     command += [arg for folder in find_links for arg in ("--find-links", str(folder))] + [target]
     result = subprocess.run(command, env=_pip_environment(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
-            for i in json.loads(report.read_text())["install"]}
+    return {
+        canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
 
 
 def test_the_stand_in_is_a_torch_the_project_accepts():
@@ -231,8 +249,9 @@ def test_the_stand_in_is_a_torch_the_project_accepts():
 @pytest.mark.slow
 @pytest.mark.parametrize("extras", ["", "[notebook,book,test,cluster]"], ids=["core", "all-extras"])
 def test_pip_leaves_an_installed_torch_alone(venv_with_torch, offline_index, tmp_path, extras):
-    plan = _dry_run(venv_with_torch, tmp_path, [offline_index["requirements"], offline_index["project"]],
-                    f"normlib{extras}")
+    plan = _dry_run(
+        venv_with_torch, tmp_path, [offline_index["requirements"], offline_index["project"]], f"normlib{extras}"
+    )
     assert plan.get("normlib") == PROJECT["version"] and {"numpy", "scipy", "pandas"} <= set(plan), plan
     assert "torch" not in plan, f"pip would replace the installed torch {STAND_IN_TORCH}: {plan}"
 

@@ -6,8 +6,15 @@ import pytest
 
 from normlib import data, models
 from normlib.params import Param, ParameterError
-from normlib.presets import (BOOK_CNN, SMALL_BATCH_EPOCHS, TRAIN_PARAMS, TRAIN_PRESETS, dataset_options,
-                             train_config, training_spec)
+from normlib.presets import (
+    BOOK_CNN,
+    SMALL_BATCH_EPOCHS,
+    TRAIN_PARAMS,
+    TRAIN_PRESETS,
+    dataset_options,
+    train_config,
+    training_spec,
+)
 from normlib.train import TrainConfig, train
 
 SPEC = training_spec()
@@ -69,16 +76,19 @@ def test_train_config_overrides_and_refuses_unknown_fields():
         train_config(config, batch_sise=64)
 
 
-@pytest.mark.parametrize("override,name,allowed", [
-    ({"dataset": "imagenet"}, "dataset", "fashion-mnist, cifar10, cifar100, synthetic"),
-    ({"schedule": "cosine"}, "schedule", "paper, constant"),
-    ({"batch_size": 0}, "batch_size", ">= 2"),
-    ({"momentum": 1.5}, "momentum", "<= 1"),
-    ({"lr": "fast"}, "lr", "a number"),
-    ({"device": "tpu"}, "device", "cpu, cuda, auto"),
-    ({"augment": "yes"}, "augment", "True or False"),
-    ({"warmup_epochs": 61}, "warmup_epochs", "at most the 60 epochs"),
-])
+@pytest.mark.parametrize(
+    "override,name,allowed",
+    [
+        ({"dataset": "imagenet"}, "dataset", "fashion-mnist, cifar10, cifar100, synthetic"),
+        ({"schedule": "cosine"}, "schedule", "paper, constant"),
+        ({"batch_size": 0}, "batch_size", ">= 2"),
+        ({"momentum": 1.5}, "momentum", "<= 1"),
+        ({"lr": "fast"}, "lr", "a number"),
+        ({"device": "tpu"}, "device", "cpu, cuda, auto"),
+        ({"augment": "yes"}, "augment", "True or False"),
+        ({"warmup_epochs": 61}, "warmup_epochs", "at most the 60 epochs"),
+    ],
+)
 def test_invalid_values_raise_naming_the_parameter(override, name, allowed):
     with pytest.raises(ParameterError, match=f"'{name}'") as error:
         SPEC.resolve("paper", **override)
@@ -95,8 +105,9 @@ def test_training_spec_merges_a_notebooks_parameters():
     norms = Param("norms", "str_list", "normalizers", choices=("bn", "gn"))
     narrow = Param("batch_size", "int", "only the paper's two", minimum=16, maximum=256)
     seen = []
-    spec = training_spec([norms, narrow], book={"norms": ["bn"], "epochs": 1}, paper={"norms": ["bn", "gn"]},
-                         checks=(seen.append,))
+    spec = training_spec(
+        [norms, narrow], book={"norms": ["bn"], "epochs": 1}, paper={"norms": ["bn", "gn"]}, checks=(seen.append,)
+    )
     assert spec.names[:2] == ["norms", "batch_size"] and spec.names.count("batch_size") == 1
     book = spec.resolve("book")
     assert book["norms"] == ["bn"] and book["epochs"] == 1 and book["lr"] == TRAIN_PRESETS["book"]["lr"]

@@ -117,8 +117,10 @@ def points(net):
 def test_frame_columns_and_values_match_the_pure_functions():
     net = tiny_net()
     seen = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.detach()))
-             for name, m in points(net)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.detach()))
+        for name, m in points(net)
+    ]
     x = torch.randn(5, 2, 4, 4)
     with torch.no_grad(), Probe(points(net), metrics=("variance", "second_moment", "cosine", "std")) as probe:
         net(x)
@@ -151,8 +153,13 @@ def test_grad_norm_is_the_frobenius_norm_of_the_output_gradient():
     torch.manual_seed(0)
     layer = nn.Conv2d(2, 3, 3, padding=1)
     c = torch.randn(4, 3, 5, 5)
-    df = probe_model(layer, torch.randn(4, 2, 5, 5), metrics="grad_norm", points=[("conv", layer)],
-                     loss_fn=lambda out, target: (out * c).sum())
+    df = probe_model(
+        layer,
+        torch.randn(4, 2, 5, 5),
+        metrics="grad_norm",
+        points=[("conv", layer)],
+        loss_fn=lambda out, target: (out * c).sum(),
+    )
     assert df["metric"].tolist() == ["grad_norm"]
     assert df["value"].item() == pytest.approx(torch.linalg.vector_norm(c).item(), rel=1e-6)
     assert layer.weight.grad is None  # probe_model differentiates without touching .grad
@@ -217,8 +224,7 @@ def test_probe_model_on_a_resnet_records_every_point_in_forward_order():
 
 def test_probe_model_on_cnn_conv_points():
     model = make_cnn("cfg_10", width=4)
-    df = probe_model(model, torch.randn(4, 3, 32, 32), metrics=("std", "stable_rank"),
-                     points=model.conv_points())
+    df = probe_model(model, torch.randn(4, 3, 32, 32), metrics=("std", "stable_rank"), points=model.conv_points())
     assert df["point"].unique().tolist() == [f"conv{i}" for i in range(1, 11)]
     stable = df[df.metric == "stable_rank"]["value"]
     assert ((stable >= 1 - 1e-9) & (stable <= 4 + 1e-9)).all()
@@ -270,8 +276,16 @@ def recorded_run(record_every=1, optimizer="sgd", momentum=0.0, **recorder_optio
         return opt
 
     dataset = data.load_dataset("synthetic", shape=(3, 8, 8), num_classes=4, size=32, seed=0)
-    config = TrainConfig(lr=0.1, lr_scale_with_batch=False, batch_size=16, epochs=2, schedule="constant",
-                         momentum=momentum, weight_decay=0.0, augment=False)
+    config = TrainConfig(
+        lr=0.1,
+        lr_scale_with_batch=False,
+        batch_size=16,
+        epochs=2,
+        schedule="constant",
+        momentum=momentum,
+        weight_decay=0.0,
+        augment=False,
+    )
     result = train(model, dataset, config=config, optimizer_factory=factory, on_step=recorder)
     recorder.close()
     return recorder, model, result
@@ -313,8 +327,7 @@ def test_channel_recorder_every_kth_step_matches_recording_every_step():
     every, _, _ = recorded_run(record_every=1, momentum=0.9)
     sparse, _, _ = recorded_run(record_every=2, momentum=0.9, reference="epoch")
     full = every.frame()
-    pd.testing.assert_frame_equal(sparse.frame(), full[full.step.isin([0, 2])].reset_index(drop=True),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(sparse.frame(), full[full.step.isin([0, 2])].reset_index(drop=True), check_exact=True)
     assert full["buffer_sq"].gt(0).all() and "bn_variance" not in full
     assert len(sparse.reference_norms) == 2  # after each of the two epochs
     assert every.reference_norms == []

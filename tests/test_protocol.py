@@ -35,8 +35,7 @@ class Counting(Experiment):
         return {"total": 2.0 if theory is None else theory}
 
     def check(self, config, measured, predicted):
-        return [claims.check_close("X.total", self.paper, "total", predicted["total"], measured["total"],
-                                   abs_tol=0.5)]
+        return [claims.check_close("X.total", self.paper, "total", predicted["total"], measured["total"], abs_tol=0.5)]
 
 
 def test_config_is_a_read_only_mapping_with_attributes():

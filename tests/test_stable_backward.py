@@ -17,8 +17,19 @@ chapter = sb.EXPERIMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = {"dataset": "synthetic", "subset": 64, "test_subset": 32}
-TINY = dict(group_sizes=[1, 16], width=16, depth=8, batch_size=8, image_size=8, in_sizes=[2, 8], repeats=1,
-            learning_rates=[0.01, 50.0], batch_sizes=[16], train_depth=2, **SYNTH)
+TINY = dict(
+    group_sizes=[1, 16],
+    width=16,
+    depth=8,
+    batch_size=8,
+    image_size=8,
+    in_sizes=[2, 8],
+    repeats=1,
+    learning_rates=[0.01, 50.0],
+    batch_sizes=[16],
+    train_depth=2,
+    **SYNTH,
+)
 
 
 def test_paper_preset_is_the_papers_setup():
@@ -37,8 +48,7 @@ def test_paper_preset_is_the_papers_setup():
 def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
     config = chapter.resolve("paper", device="cpu", group_sizes=[1], learning_rates=[0.1], batch_sizes=[16])
     (point,) = sb.training_grid(config)
-    point["dataset"] = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 100, "subset": 64,
-                        "test_subset": 16}
+    point["dataset"] = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 100, "subset": 64, "test_subset": 16}
     point["train"] = {**point["train"], "max_steps": 2}
     out = sb.train_point(**point)
     assert out["steps"] == 2 and len(out["loss"]) == 2
@@ -102,14 +112,66 @@ def test_a_wrong_prediction_fails_the_check(tiny):
 
 
 def test_run_executes_the_notebook_with_papermill(tmp_path):
-    args = ["-p", "group_sizes", "[1, 16]", "-p", "width", "16", "-p", "depth", "6", "-p", "batch_size", "4",
-            "-p", "image_size", "6", "-p", "in_sizes", "[2, 6]", "-p", "repeats", "1", "-p", "learning_rates", "[0.05]",
-            "-p", "batch_sizes", "[16]", "-p", "train_depth", "2", "-p", "dataset", "synthetic", "-p", "subset", "32",
-            "-p", "test_subset", "16"]
+    args = [
+        "-p",
+        "group_sizes",
+        "[1, 16]",
+        "-p",
+        "width",
+        "16",
+        "-p",
+        "depth",
+        "6",
+        "-p",
+        "batch_size",
+        "4",
+        "-p",
+        "image_size",
+        "6",
+        "-p",
+        "in_sizes",
+        "[2, 6]",
+        "-p",
+        "repeats",
+        "1",
+        "-p",
+        "learning_rates",
+        "[0.05]",
+        "-p",
+        "batch_sizes",
+        "[16]",
+        "-p",
+        "train_depth",
+        "2",
+        "-p",
+        "dataset",
+        "synthetic",
+        "-p",
+        "subset",
+        "32",
+        "-p",
+        "test_subset",
+        "16",
+    ]
     env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "normlib", "run", "notebooks/03_stable_backward.md", "--out",
-                             str(tmp_path), "--quiet", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "normlib",
+            "run",
+            "notebooks/03_stable_backward.md",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("03_stable_backward-")]
     assert (run_dir / "03_stable_backward.ipynb").exists()

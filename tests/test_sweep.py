@@ -12,31 +12,37 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for `import sweep_fns`, here and (inherited) in spawned workers
 
-import sweep_fns  # noqa: E402
-
 import normlib.sweep as sweep_module  # noqa: E402
+import sweep_fns  # noqa: E402
 from normlib import cache  # noqa: E402
 from normlib.sweep import SweepError, expand_grid, sweep  # noqa: E402
 
 
 def test_expand_grid_order():
     assert expand_grid({"a": [1, 2], "b": ("x", "y")}) == [
-        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+        {"a": 1, "b": "x"},
+        {"a": 1, "b": "y"},
+        {"a": 2, "b": "x"},
+        {"a": 2, "b": "y"},
+    ]
     assert expand_grid({"n": range(3)}) == [{"n": 0}, {"n": 1}, {"n": 2}]
     points = [{"a": 2}, {"a": 1, "b": 3}]
     assert expand_grid(points) == points and expand_grid(points)[0] is not points[0]
 
 
-@pytest.mark.parametrize("grid,match", [
-    ({}, "empty"),
-    ([], "non-empty list of dicts"),
-    ({"lr": 0.1}, r"grid\['lr'\] must be a list.*\[0.1\]"),
-    ({"lr": "abc"}, r"grid\['lr'\] must be a list"),
-    ({"lr": []}, r"grid\['lr'\] is an empty list"),
-    ([{"a": 1}, 3], r"grid\[1\] must be a dict"),
-    ("abc", "parameter 'grid'"),
-    ({"result": [1]}, "'result' cannot be a config key"),
-])
+@pytest.mark.parametrize(
+    "grid,match",
+    [
+        ({}, "empty"),
+        ([], "non-empty list of dicts"),
+        ({"lr": 0.1}, r"grid\['lr'\] must be a list.*\[0.1\]"),
+        ({"lr": "abc"}, r"grid\['lr'\] must be a list"),
+        ({"lr": []}, r"grid\['lr'\] is an empty list"),
+        ([{"a": 1}, 3], r"grid\[1\] must be a dict"),
+        ("abc", "parameter 'grid'"),
+        ({"result": [1]}, "'result' cannot be a config key"),
+    ],
+)
 def test_invalid_grid(grid, match):
     with pytest.raises(ValueError, match=match):
         sweep(sweep_fns.slow_square, grid, executor="serial", cache=False, progress=False)
@@ -47,8 +53,9 @@ def test_serial_frame_and_progress(tmp_path, capsys):
     assert list(frame.columns) == ["x", "result"]
     assert frame["x"].tolist() == [3, 1, 2] and frame["result"].tolist() == [9, 1, 4]
     assert "squares" in capsys.readouterr().err
-    mixed = sweep(sweep_fns.slow_square, [{"x": 2}, {"x": 3, "delay": 0.0}], executor="serial", cache=False,
-                  progress=False)
+    mixed = sweep(
+        sweep_fns.slow_square, [{"x": 2}, {"x": 3, "delay": 0.0}], executor="serial", cache=False, progress=False
+    )
     assert list(mixed.columns) == ["x", "delay", "result"] and pd.isna(mixed["delay"][0])
 
 
@@ -175,9 +182,12 @@ def test_dask_local_cluster_agrees_with_the_local_pool(tmp_path):
     distributed = pytest.importorskip("distributed")
     grid = {"seed": [0, 1, 2, 3], "n": [1000]}
     serial = sweep(sweep_fns.seeded_norm, grid, executor="serial", cache=False, progress=False)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=logging.ERROR) as cluster, distributed.Client(cluster) as client:
-        frame = sweep(sweep_fns.seeded_norm, grid, executor=client.get_executor(), cache_root=tmp_path,
-                      progress=False)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        frame = sweep(sweep_fns.seeded_norm, grid, executor=client.get_executor(), cache_root=tmp_path, progress=False)
     pd.testing.assert_frame_equal(serial, frame)
     assert len(list(tmp_path.rglob("*.entry"))) == 4  # written by the Dask workers

@@ -71,8 +71,9 @@ def test_group_norm_centring_matches_simulation(group_size):
 
 def test_orderings_and_limits():
     start = inf.Correlations(0.3, 0.45, 0.2)
-    finals = [inf.cosine_mean_field(12, start, "gn", group_size=g, positions=196, batch=32)[-1]
-              for g in (1, 2, 4, 8, 16, 64)]
+    finals = [
+        inf.cosine_mean_field(12, start, "gn", group_size=g, positions=196, batch=32)[-1] for g in (1, 2, 4, 8, 16, 64)
+    ]
     assert all(a < b for a, b in zip(finals, finals[1:]))  # similarity rises with group size
     none = inf.cosine_mean_field(40, start, "none")
     assert none[-1] > 0.97 and np.all(np.diff(none) > 0)  # rank collapse without normalization

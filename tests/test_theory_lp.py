@@ -21,7 +21,7 @@ def mc_ratios(n, repeats=40_000, k=10, seed=RNG_SEED):
         "l2": np.sqrt((centred**2).mean(axis=1)),
         "l1": math.sqrt(math.pi / 2) * centred.mean(axis=1),
         "linf": c * centred.max(axis=1),
-        "topk": c * np.sort(centred, axis=1)[:, -min(k, n):].mean(axis=1),
+        "topk": c * np.sort(centred, axis=1)[:, -min(k, n) :].mean(axis=1),
     }
     return {name: (v.mean(), v.std(ddof=1) / math.sqrt(repeats)) for name, v in ratios.items()}
 

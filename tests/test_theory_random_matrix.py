@@ -31,8 +31,7 @@ def test_one_factor_is_marchenko_pastur_and_the_quarter_circle():
     x = np.linspace(0.05, 3.95, 50)
     np.testing.assert_allclose(theory.fuss_catalan_density(x, 1), np.sqrt((4 - x) / x) / (2 * np.pi), rtol=1e-6)
     s = np.linspace(0.05, 1.95, 50)
-    np.testing.assert_allclose(theory.product_singular_value_density(s, 1), theory.quarter_circle_density(s),
-                               rtol=1e-6)
+    np.testing.assert_allclose(theory.product_singular_value_density(s, 1), theory.quarter_circle_density(s), rtol=1e-6)
 
 
 def test_largest_singular_values_are_the_papers_figure_ranges():
@@ -43,8 +42,7 @@ def test_largest_singular_values_are_the_papers_figure_ranges():
 @pytest.mark.parametrize("m", [1, 3])
 def test_monte_carlo_spectrum_follows_the_cdf(m):
     rng = np.random.default_rng(0)
-    squares = np.sort(np.concatenate([np.linalg.svd(product(m, 300, rng), compute_uv=False) ** 2
-                                      for _ in range(2)]))
+    squares = np.sort(np.concatenate([np.linalg.svd(product(m, 300, rng), compute_uv=False) ** 2 for _ in range(2)]))
     n = len(squares)
     cdf = theory.fuss_catalan_cdf(squares, m)
     ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))

@@ -44,7 +44,8 @@ def test_sgd_step_geometry_and_norm_recursion(problem):
     for lr in (0.01, 0.5, 5.0):
         new = w - lr * g
         assert float(new.norm() ** 2) == pytest.approx(
-            float(theory.norm_sq_after_sgd_step(w.norm() ** 2, lr, g.norm())), rel=1e-12)
+            float(theory.norm_sq_after_sgd_step(w.norm() ** 2, lr, g.norm())), rel=1e-12
+        )
         chord = float((new / new.norm() - w / w.norm()).norm())
         assert chord == pytest.approx(float(theory.sgd_step_chord(lr, g.norm(), w.norm())), rel=1e-10)
         x_ = float(theory.sgd_step_tangent(lr, g.norm(), w.norm()))
@@ -131,7 +132,6 @@ def test_momentum_balance_holds_at_steady_state():
 
 def test_corrected_lr_and_gap_fraction():
     assert theory.corrected_lr(0.1, 2.0, 1.0) == pytest.approx(0.4)
-    assert theory.effective_lr(theory.corrected_lr(0.1, 3.0, 1.5), 3.0) == pytest.approx(
-        theory.effective_lr(0.1, 1.5))
+    assert theory.effective_lr(theory.corrected_lr(0.1, 3.0, 1.5), 3.0) == pytest.approx(theory.effective_lr(0.1, 1.5))
     assert theory.gap_closed_fraction(0.905, 0.892, 0.905) == pytest.approx(1.0)
     assert np.isnan(theory.gap_closed_fraction(0.9, 0.9, 0.91))

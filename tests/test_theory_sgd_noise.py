@@ -13,8 +13,9 @@ def test_without_replacement_matches_the_finite_pool_law():
     full = gradients.mean(axis=0)
     variance = ((gradients - full) ** 2).sum(axis=1).mean()
     for size in (1, 5, 25, 49):
-        draws = [((gradients[rng.choice(pool, size, replace=False)].mean(axis=0) - full) ** 2).sum()
-                 for _ in range(20000)]
+        draws = [
+            ((gradients[rng.choice(pool, size, replace=False)].mean(axis=0) - full) ** 2).sum() for _ in range(20000)
+        ]
         assert np.mean(draws) == pytest.approx(theory.sgd_noise(variance, size, pool_size=pool), rel=0.03)
         assert theory.sgd_noise(variance, size, pool_size=pool) <= theory.sgd_noise_bound(variance, size)
 

@@ -73,11 +73,20 @@ def test_constant_schedule_never_decays():
 
 
 def test_multistep_schedule_multiplies_at_each_milestone():
-    assert [lr_at(t, 100, 0, 1.0, "multistep", [10, 20], 0.5) for t in (0, 9, 10, 19, 20, 99)] == \
-        pytest.approx([1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+    assert [lr_at(t, 100, 0, 1.0, "multistep", [10, 20], 0.5) for t in (0, 9, 10, 19, 20, 99)] == pytest.approx(
+        [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    )
     assert lr_at(2, 100, 4, 1.0, "multistep", [1], 0.1) == pytest.approx(0.5)  # the warm-up comes first
-    config = TrainConfig(schedule="multistep", lr_milestones=[1], lr_decay=0.1, lr=0.4, lr_scale_with_batch=False,
-                         batch_size=16, epochs=2, augment=False)
+    config = TrainConfig(
+        schedule="multistep",
+        lr_milestones=[1],
+        lr_decay=0.1,
+        lr=0.4,
+        lr_scale_with_batch=False,
+        batch_size=16,
+        epochs=2,
+        augment=False,
+    )
     tiny = data.load_dataset("synthetic", shape=(3, 8, 8), num_classes=4, size=32)
     history = train(models.make_cnn([4], norm="bn", in_channels=3, num_classes=4), tiny, config=config).history
     assert history["lr"].tolist() == pytest.approx([0.4, 0.4, 0.04, 0.04])
@@ -97,8 +106,9 @@ def test_train_hooks_replace_the_optimizer_and_see_every_step():
     def on_step(step, net, optimizer):
         seen.append((step, optimizer.param_groups[0]["lr"], net.units[0].conv.weight.grad is not None))
 
-    config = TrainConfig(lr=0.2, lr_scale_with_batch=False, batch_size=16, epochs=1, schedule="constant",
-                         momentum=0.0, augment=False)
+    config = TrainConfig(
+        lr=0.2, lr_scale_with_batch=False, batch_size=16, epochs=1, schedule="constant", momentum=0.0, augment=False
+    )
     train(model, tiny, config=config, optimizer_factory=factory, on_step=on_step)
     assert seen == [(0, pytest.approx(0.1), True), (1, pytest.approx(0.1), True)]
 
@@ -128,14 +138,17 @@ def test_schedule_epochs_longer_than_training_never_decays():
 # --------------------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("fields,name", [
-    ({"schedule": "cosine"}, "schedule"),
-    ({"batch_size": 1}, "batch_size"),
-    ({"lr": -1.0}, "lr"),
-    ({"device": "tpu"}, "device"),
-    ({"probe_metrics": ["variance", "entropy"]}, "probe_metrics"),
-    ({"warmup_epochs": 3}, "warmup_epochs"),
-])
+@pytest.mark.parametrize(
+    "fields,name",
+    [
+        ({"schedule": "cosine"}, "schedule"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"lr": -1.0}, "lr"),
+        ({"device": "tpu"}, "device"),
+        ({"probe_metrics": ["variance", "entropy"]}, "probe_metrics"),
+        ({"warmup_epochs": 3}, "warmup_epochs"),
+    ],
+)
 def test_invalid_config_names_the_field(fields, name):
     with pytest.raises(ParameterError, match=f"'{name}'"):
         config(**fields)
@@ -243,8 +256,9 @@ def test_max_steps_stops_early():
 
 
 def test_probes_every_k_steps_land_in_result_probes():
-    cfg = config(epochs=2, probe_metrics=("variance", "cosine", "grad_norm"), conv_metrics=("grad_norm",),
-                 probe_every=3)
+    cfg = config(
+        epochs=2, probe_metrics=("variance", "cosine", "grad_norm"), conv_metrics=("grad_norm",), probe_every=3
+    )
     result = train(tiny_model(), synthetic(), config=cfg)
     probes = result.probes
     assert sorted(probes["step"].unique()) == [0, 3, 6]
@@ -262,8 +276,9 @@ def test_no_probes_gives_an_empty_frame():
 
 def test_explicit_probe_points():
     model = tiny_model()
-    result = train(model, synthetic(), config=config(max_steps=2, probe_metrics=("std",)),
-                   probes=[("first", model.units[0])])
+    result = train(
+        model, synthetic(), config=config(max_steps=2, probe_metrics=("std",)), probes=[("first", model.units[0])]
+    )
     assert set(result.probes["point"]) == {"first"} and result.probes["step"].tolist() == [0, 1]
 
 
@@ -282,8 +297,9 @@ def test_train_model_from_json_arguments_and_pickle():
     pd.testing.assert_frame_equal(again.history, result.history, check_exact=True)
     pd.testing.assert_frame_equal(again.probes, result.probes, check_exact=True)
     # deterministic from the arguments alone
-    pd.testing.assert_frame_equal(train_model("cnn", model_kwargs, dataset, cfg).history, result.history,
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        train_model("cnn", model_kwargs, dataset, cfg).history, result.history, check_exact=True
+    )
 
 
 def test_load_splits_reads_a_name_or_options():
@@ -311,15 +327,22 @@ def test_model_kwargs_for_fills_in_the_dataset_and_reads_json_lists():
     assert kwargs == {"in_channels": 3, "num_classes": 4, "cfg": [8, (8, 2)], "norm": "gn", "group_size": 4}
     assert json_kwargs["cfg"] == [8, [8, 2]]  # not changed
     assert model_kwargs_for({"widths": [4, 8, 16], "num_classes": 7}, dataset) == {
-        "in_channels": 3, "num_classes": 7, "widths": (4, 8, 16)}
+        "in_channels": 3,
+        "num_classes": 7,
+        "widths": (4, 8, 16),
+    }
     model = models.build_model("resnet", depth=8, **model_kwargs_for({"widths": [4, 8, 16]}, dataset))
     assert model(dataset.images[:2]).shape == (2, 4)
 
 
 def test_train_model_runs_through_a_cached_sweep(tmp_path):
     dataset = {"name": "synthetic", "shape": SHAPE, "num_classes": 4, "size": 32, "test_size": 16}
-    grid = {"arch": ["cnn"], "model_kwargs": [TINY_CNN], "dataset": [dataset],
-            "config": [config(epochs=1, lr=lr).to_dict() for lr in (0.01, 0.1)]}
+    grid = {
+        "arch": ["cnn"],
+        "model_kwargs": [TINY_CNN],
+        "dataset": [dataset],
+        "config": [config(epochs=1, lr=lr).to_dict() for lr in (0.01, 0.1)],
+    }
     first = sweep(train_model, grid, executor="serial", cache_root=tmp_path, progress=False)
     again = sweep(train_model, grid, executor="serial", cache_root=tmp_path, progress=False)  # read from the cache
     for a, b in zip(first["result"], again["result"]):
@@ -341,6 +364,13 @@ def test_evaluate_counts_hits():
     images = dataset.images.clone()
     images[:, 0, 0, 0] = dataset.labels.float()
     images[:10, 0, 0, 0] = (dataset.labels[:10] + 1).remainder(4).float()  # 10 wrong
-    labelled = data.Dataset(images=images, labels=dataset.labels, name="synthetic", split="test", num_classes=4,
-                            mean=dataset.mean, std=dataset.std)
+    labelled = data.Dataset(
+        images=images,
+        labels=dataset.labels,
+        name="synthetic",
+        split="test",
+        num_classes=4,
+        mean=dataset.mean,
+        std=dataset.std,
+    )
     assert evaluate(Oracle(), labelled, batch_size=16) == pytest.approx(30 / 40)

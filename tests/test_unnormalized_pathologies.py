@@ -6,15 +6,25 @@ import json
 import numpy as np
 import pytest
 
-from normlib import models
-from normlib import theory
+from normlib import models, theory
 from normlib.experiments import unnormalized_pathologies as up
 from normlib.params import ParameterError
 
 chapter = up.EXPERIMENT
 
-TINY = dict(depth=8, widths=[4, 4, 4], dataset="synthetic", batch_size=8, repeats=1, rmt_width=40,
-            rmt_factors=[1, 2], rmt_trials=1, linear_width=6, linear_depths=[1, 2, 3], linear_trials=10)
+TINY = dict(
+    depth=8,
+    widths=[4, 4, 4],
+    dataset="synthetic",
+    batch_size=8,
+    repeats=1,
+    rmt_width=40,
+    rmt_factors=[1, 2],
+    rmt_trials=1,
+    linear_width=6,
+    linear_depths=[1, 2, 3],
+    linear_trials=10,
+)
 
 
 def test_paper_preset_is_the_papers_setup():
@@ -24,17 +34,20 @@ def test_paper_preset_is_the_papers_setup():
     assert config["device"] == "auto"
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"norm": "none"}, r"parameter 'norm'.*allowed: a normalizer.*bn"),
-    ({"norm": "batchnorm"}, r"parameter 'norm'.*bn"),
-    ({"depth": 9}, r"parameter 'depth'.*6n\+2"),
-    ({"widths": [16, 32]}, r"parameter 'widths'"),
-    ({"gradient_layer": 500}, r"parameter 'gradient_layer'.*from 1 to 111"),
-    ({"rmt_factors": [1, 1]}, r"parameter 'rmt_factors'.*duplicate"),
-    ({"linear_depths": [3]}, r"parameter 'linear_depths'.*at least two"),
-    ({"dataset": "imagenet"}, r"parameter 'dataset'.*fashion-mnist"),
-    ({"depth_of_field": 3}, r"unknown parameter 'depth_of_field'"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"norm": "none"}, r"parameter 'norm'.*allowed: a normalizer.*bn"),
+        ({"norm": "batchnorm"}, r"parameter 'norm'.*bn"),
+        ({"depth": 9}, r"parameter 'depth'.*6n\+2"),
+        ({"widths": [16, 32]}, r"parameter 'widths'"),
+        ({"gradient_layer": 500}, r"parameter 'gradient_layer'.*from 1 to 111"),
+        ({"rmt_factors": [1, 1]}, r"parameter 'rmt_factors'.*duplicate"),
+        ({"linear_depths": [3]}, r"parameter 'linear_depths'.*at least two"),
+        ({"dataset": "imagenet"}, r"parameter 'dataset'.*fashion-mnist"),
+        ({"depth_of_field": 3}, r"unknown parameter 'depth_of_field'"),
+    ],
+)
 def test_invalid_parameters(overrides, match):
     with pytest.raises(ParameterError, match=match):
         chapter.resolve("book", **overrides)
@@ -89,8 +102,15 @@ class WrongTheory:
 def test_claims_fail_when_the_theory_is_wrong(tiny):
     config, measured = tiny
     ids = {c.id for c in chapter.check(config, measured, chapter.predict(config, measured))}
-    assert {"U.none_growth", "U.norm_growth", "U.gradient_scale", "U.one_class", "R.smax_1", "R.law_2",
-            "R.condition"} <= ids
+    assert {
+        "U.none_growth",
+        "U.norm_growth",
+        "U.gradient_scale",
+        "U.one_class",
+        "R.smax_1",
+        "R.law_2",
+        "R.condition",
+    } <= ids
     wrong = chapter.predict(config, measured, theory=WrongTheory())
     verdicts = {c.id: c.passed for c in chapter.check(config, measured, wrong)}
     assert not verdicts["U.none_growth"] and not verdicts["R.smax_1"]

@@ -18,11 +18,23 @@ from normlib.train import lr_at
 
 chapter = wd.EXPERIMENT
 
-TINY = dict(dataset="synthetic", subset=96, test_subset=32, batch_size=32, epochs=2, lr_milestones=[1],
-            repeats=2, sgd_steps=4, invariance_batch=8, invariance_scales=[0.1, 4.0], width=4)
+TINY = dict(
+    dataset="synthetic",
+    subset=96,
+    test_subset=32,
+    batch_size=32,
+    epochs=2,
+    lr_milestones=[1],
+    repeats=2,
+    sgd_steps=4,
+    invariance_batch=8,
+    invariance_scales=[0.1, 4.0],
+    width=4,
+)
 
 
 # -- the paper preset ---------------------------------------------------------------------------------------------
+
 
 def test_paper_preset_is_the_papers_setup():
     config = chapter.resolve("paper")
@@ -35,8 +47,10 @@ def test_paper_preset_is_the_papers_setup():
     tc = presets.train_config(config)
     assert tc.peak_lr == pytest.approx(0.1) and tc.epochs == 80 and tc.lr_milestones == (20, 40, 60)
     steps = 391  # ceil(50000 / 128)
-    lrs = [lr_at(t, 80 * steps, 0, tc.peak_lr, tc.schedule, [m * steps for m in tc.lr_milestones], tc.lr_decay)
-           for t in (0, 20 * steps - 1, 20 * steps, 40 * steps, 60 * steps, 80 * steps - 1)]
+    lrs = [
+        lr_at(t, 80 * steps, 0, tc.peak_lr, tc.schedule, [m * steps for m in tc.lr_milestones], tc.lr_decay)
+        for t in (0, 20 * steps - 1, 20 * steps, 40 * steps, 60 * steps, 80 * steps - 1)
+    ]
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.001, 1e-4, 1e-4])
 
 
@@ -62,23 +76,28 @@ def test_paper_runs_a_few_steps_on_cifar_shaped_data():
 
 # -- validation ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"weight_decay": 0.0}, r"parameter 'weight_decay'.*positive"),
-    ({"invariance_scales": [1.0, 0.0]}, r"parameter 'invariance_scales'.*positive"),
-    ({"arch": "resnet"}, r"parameter 'arch'.*cnn, vgg"),
-    ({"arch": "vgg"}, r"parameter 'arch'.*32x32"),
-    ({"correction_interval": "batch"}, r"parameter 'correction_interval'.*step, epoch"),
-    ({"lr_milestones": [3, 2]}, r"parameter 'lr_milestones'.*strictly increasing"),
-    ({"schedule": "paper"}, r"parameter 'lr_milestones'.*multistep"),
-    ({"lr_decay": 1.5}, r"parameter 'lr_decay'"),
-    ({"repeats": 0}, r"parameter 'repeats'"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"weight_decay": 0.0}, r"parameter 'weight_decay'.*positive"),
+        ({"invariance_scales": [1.0, 0.0]}, r"parameter 'invariance_scales'.*positive"),
+        ({"arch": "resnet"}, r"parameter 'arch'.*cnn, vgg"),
+        ({"arch": "vgg"}, r"parameter 'arch'.*32x32"),
+        ({"correction_interval": "batch"}, r"parameter 'correction_interval'.*step, epoch"),
+        ({"lr_milestones": [3, 2]}, r"parameter 'lr_milestones'.*strictly increasing"),
+        ({"schedule": "paper"}, r"parameter 'lr_milestones'.*multistep"),
+        ({"lr_decay": 1.5}, r"parameter 'lr_decay'"),
+        ({"repeats": 0}, r"parameter 'repeats'"),
+    ],
+)
 def test_invalid_parameters(overrides, match):
     with pytest.raises(ParameterError, match=match):
         chapter.resolve("book", **overrides)
 
 
 # -- the paper's network -----------------------------------------------------------------------------------------
+
 
 def test_vgg11_is_the_papers_network():
     model = models.build_model("vgg", num_classes=10)
@@ -94,6 +113,7 @@ def test_vgg11_is_the_papers_network():
 
 
 # -- the measurement ----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -122,14 +142,22 @@ def test_correction_gives_the_wd_runs_effective_step(tiny):
     corrected = curves[curves.run == "corrected"].set_index(["repeat", "layer", "step"]).effective_lr
     assert np.allclose(on, corrected.loc[on.index], rtol=1e-5)
     off = curves[curves.run == "wd_off"].set_index(["repeat", "layer", "step"]).effective_lr
-    assert (off.groupby("step").median().iloc[-1] < on.groupby("step").median().iloc[-1])
+    assert off.groupby("step").median().iloc[-1] < on.groupby("step").median().iloc[-1]
 
 
 def test_claims_hold_with_the_right_theory(tiny):
     config, measured = tiny
     verdicts = {c.id: c for c in chapter.check(config, measured, chapter.predict(config, measured))}
-    assert set(verdicts) == {"W.invariance", "W.gradient", "W.eps", "W.angular", "W.recursion", "W.equilibrium",
-                             "W.gap", "W.correction"}
+    assert set(verdicts) == {
+        "W.invariance",
+        "W.gradient",
+        "W.eps",
+        "W.angular",
+        "W.recursion",
+        "W.equilibrium",
+        "W.gap",
+        "W.correction",
+    }
     for claim in ("W.invariance", "W.gradient", "W.eps", "W.angular", "W.recursion"):
         assert verdicts[claim].passed, verdicts[claim]
 
@@ -169,14 +197,23 @@ def test_gap_needs_to_exceed_the_noise(tiny):
         verdicts = {c.id: c for c in chapter.check(config, fake, chapter.predict(config, fake))}
         assert verdicts["W.correction"].passed is expect
         if on > off:
-            assert verdicts["W.gap"].passed and math.isclose(verdicts["W.correction"].measured,
-                                                            (corrected - off) / (on - off), rel_tol=1e-6)
+            assert verdicts["W.gap"].passed and math.isclose(
+                verdicts["W.correction"].measured, (corrected - off) / (on - off), rel_tol=1e-6
+            )
 
 
 def test_run_executes_the_notebook_with_papermill(run_notebook):
     run_dir = run_notebook("07_weight_decay_effective_lr", TINY)
     assert list((run_dir / "figures").glob("*.png"))
     records = json.loads((run_dir / "claims.json").read_text())
-    assert {r["id"] for r in records} == {"W.invariance", "W.gradient", "W.eps", "W.angular", "W.recursion",
-                                          "W.equilibrium", "W.gap", "W.correction"}
+    assert {r["id"] for r in records} == {
+        "W.invariance",
+        "W.gradient",
+        "W.eps",
+        "W.angular",
+        "W.recursion",
+        "W.equilibrium",
+        "W.gap",
+        "W.correction",
+    }
     assert json.loads((run_dir / "parameters.json").read_text())["width"] == 4

@@ -25,11 +25,15 @@ def divisors_of_width(config: dict[str, Any], name: str = "group_sizes", width_n
     allowed = ", ".join(str(d) for d in range(1, width + 1) if width % d == 0)
     bad = [g for g in values if width % g]
     if bad:
-        raise ParameterError(f"parameter {name!r}: {bad[0]} does not divide the {width_name} {width}; allowed: "
-                             f"divisors of the {width_name}: {allowed}")
+        raise ParameterError(
+            f"parameter {name!r}: {bad[0]} does not divide the {width_name} {width}; allowed: "
+            f"divisors of the {width_name}: {allowed}"
+        )
     if len(set(values)) != len(values):
-        raise ParameterError(f"parameter {name!r}: duplicate entries in {values!r}; allowed: distinct divisors of "
-                             f"the {width_name}: {allowed}")
+        raise ParameterError(
+            f"parameter {name!r}: duplicate entries in {values!r}; allowed: distinct divisors of "
+            f"the {width_name}: {allowed}"
+        )
 
 
 def device_available(config: dict[str, Any]) -> None:
@@ -41,8 +45,10 @@ def normalizer_against_none(config: dict[str, Any], name: str = "norm") -> None:
     """``config[name]`` is a registered normalizer other than ``none`` (the network it is compared with)."""
     if config[name] == "none":
         allowed = ", ".join(n for n in layers.NORM_NAMES if n != "none")
-        raise ParameterError(f"parameter {name!r}: invalid value 'none'; allowed: a normalizer to compare with the "
-                             f"network without one: {allowed} or one you registered")
+        raise ParameterError(
+            f"parameter {name!r}: invalid value 'none'; allowed: a normalizer to compare with the "
+            f"network without one: {allowed} or one you registered"
+        )
     registered_norms({name: [config[name]]}, name)
 
 
@@ -50,12 +56,15 @@ def resnet_depth(config: dict[str, Any]) -> None:
     """``config["depth"]`` is a CIFAR ResNet depth, 6n+2."""
     depth = config["depth"]
     if (depth - 2) % 6 != 0:
-        raise ParameterError(f"parameter 'depth': invalid value {depth!r}; allowed: 6n+2 with n >= 1, "
-                             "e.g. 8, 20, 32, 44, 56, 110")
+        raise ParameterError(
+            f"parameter 'depth': invalid value {depth!r}; allowed: 6n+2 with n >= 1, e.g. 8, 20, 32, 44, 56, 110"
+        )
 
 
 def resnet_widths(config: dict[str, Any]) -> None:
     """``config["widths"]`` gives the three stage widths of a CIFAR ResNet."""
     if len(config["widths"]) != 3:
-        raise ParameterError(f"parameter 'widths': invalid value {config['widths']!r}; allowed: three stage widths, "
-                             "e.g. [32, 64, 128] (the paper's ResNet-56)")
+        raise ParameterError(
+            f"parameter 'widths': invalid value {config['widths']!r}; allowed: three stage widths, "
+            "e.g. [32, 64, 128] (the paper's ResNet-56)"
+        )

@@ -54,18 +54,24 @@ def _check_arch(config: Mapping[str, Any]) -> None:
         shared_checks.resnet_depth(config)
         shared_checks.resnet_widths(config)
     elif len(config["widths"]) != 2:
-        raise ParameterError(f"parameter 'widths': invalid value {config['widths']!r}; allowed: two widths for the "
-                             "plain CNN's two stages (e.g. [16, 32]), or three with arch='resnet'")
+        raise ParameterError(
+            f"parameter 'widths': invalid value {config['widths']!r}; allowed: two widths for the "
+            "plain CNN's two stages (e.g. [16, 32]), or three with arch='resnet'"
+        )
 
 
 def _check_noise(config: Mapping[str, Any]) -> None:
     too_big = [b for b in config["noise_batch_sizes"] if b >= config["noise_pool"]]
     if too_big:
-        raise ParameterError(f"parameter 'noise_batch_sizes': {too_big[0]} is not below noise_pool "
-                             f"{config['noise_pool']}; allowed: batch sizes from 1 to {config['noise_pool'] - 1}")
+        raise ParameterError(
+            f"parameter 'noise_batch_sizes': {too_big[0]} is not below noise_pool "
+            f"{config['noise_pool']}; allowed: batch sizes from 1 to {config['noise_pool'] - 1}"
+        )
     if len(set(config["noise_batch_sizes"])) < 2 or len(set(config["noise_step_sizes"])) < 2:
-        raise ParameterError("parameters 'noise_batch_sizes' and 'noise_step_sizes': invalid value; allowed: at "
-                             "least two distinct values each (the laws are slopes)")
+        raise ParameterError(
+            "parameters 'noise_batch_sizes' and 'noise_step_sizes': invalid value; allowed: at "
+            "least two distinct values each (the laws are slopes)"
+        )
 
 
 def _check_grids(config: Mapping[str, Any]) -> None:
@@ -75,52 +81,103 @@ def _check_grids(config: Mapping[str, Any]) -> None:
 
 
 OWN_PARAMS = (
-    Param("norm", "str", f"the normalizer compared with none: {', '.join(layers.NORM_NAMES[:-1])} or one you "
-          "registered (the paper: bn)"),
-    Param("arch", "str", "cnn: a plain CNN of `depth` conv layers (two stages of `widths`); resnet: the CIFAR "
-          "ResNet of `depth` 6n+2 and three `widths`", choices=ARCHS),
+    Param(
+        "norm",
+        "str",
+        f"the normalizer compared with none: {', '.join(layers.NORM_NAMES[:-1])} or one you registered (the paper: bn)",
+    ),
+    Param(
+        "arch",
+        "str",
+        "cnn: a plain CNN of `depth` conv layers (two stages of `widths`); resnet: the CIFAR "
+        "ResNet of `depth` 6n+2 and three `widths`",
+        choices=ARCHS,
+    ),
     Param("depth", "int", "conv layers of the plain CNN, or the ResNet's depth 6n+2", minimum=2),
     Param("widths", "int_list", "stage widths: two for cnn, three for resnet", minimum=1),
-    Param("step_sizes", "float_list", "step sizes alpha of the one-step divergence test at initialization",
-          minimum=0),
+    Param("step_sizes", "float_list", "step sizes alpha of the one-step divergence test at initialization", minimum=0),
     Param("divergence_batches", "int", "mini-batches the divergence test is repeated on (the paper: 3)", minimum=1),
     Param("divergence_limit", "float", "relative loss above which a step diverges (the paper: 1e3)", minimum=1),
-    Param("learning_rates", "float_list", "learning rates of the training grid (each trained with and without "
-          "the normalizer)", minimum=0),
-    Param("noise_pool", "int", "training images whose per-example gradients define C and the full gradient",
-          minimum=3),
+    Param(
+        "learning_rates",
+        "float_list",
+        "learning rates of the training grid (each trained with and without the normalizer)",
+        minimum=0,
+    ),
+    Param("noise_pool", "int", "training images whose per-example gradients define C and the full gradient", minimum=3),
     Param("noise_batch_sizes", "int_list", "mini-batch sizes of the SGD-noise measurement", minimum=1),
     Param("noise_draws", "int", "random mini-batches per batch size (and per step size)", minimum=2),
-    Param("noise_step_sizes", "float_list", "step sizes alpha of the real SGD steps of the noise measurement",
-          minimum=0),
+    Param(
+        "noise_step_sizes", "float_list", "step sizes alpha of the real SGD steps of the noise measurement", minimum=0
+    ),
 )
 
 _BOOK_STEPS = [float(f"{v:.3g}") for v in np.logspace(-4, 3, 15)]
-BOOK = {"norm": "bn", "arch": "cnn", "depth": 6, "widths": [16, 32], "step_sizes": _BOOK_STEPS,
-        "divergence_batches": 3, "divergence_limit": 1e3, "learning_rates": [0.003, 0.03, 0.3],
-        "noise_pool": 512, "noise_batch_sizes": [4, 8, 16, 32, 64, 128], "noise_draws": 64,
-        "noise_step_sizes": [0.001, 0.01, 0.1],
-        "dataset": "fashion-mnist", "subset": 10_000, "test_subset": 2000, "batch_size": 128, "epochs": 1,
-        "lr_scale_with_batch": False, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"}
+BOOK = {
+    "norm": "bn",
+    "arch": "cnn",
+    "depth": 6,
+    "widths": [16, 32],
+    "step_sizes": _BOOK_STEPS,
+    "divergence_batches": 3,
+    "divergence_limit": 1e3,
+    "learning_rates": [0.003, 0.03, 0.3],
+    "noise_pool": 512,
+    "noise_batch_sizes": [4, 8, 16, 32, 64, 128],
+    "noise_draws": 64,
+    "noise_step_sizes": [0.001, 0.01, 0.1],
+    "dataset": "fashion-mnist",
+    "subset": 10_000,
+    "test_subset": 2000,
+    "batch_size": 128,
+    "epochs": 1,
+    "lr_scale_with_batch": False,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "constant",
+}
 #: papers.md §2.2: ResNet-110 (16/32/64) on CIFAR-10, batch 128, SGD with momentum, weight decay 5e-4 ([M],
 #: unverified), Fig. 1's learning rates, a tenth of the rate after half of training (Fig. 1). The number of epochs
 #: was not recovered: 164 is He et al.'s CIFAR schedule, whose first drop (epoch 82) is at half of it.
-PAPER_VALUES = {"norm": "bn", "arch": "resnet", "depth": 110, "widths": [16, 32, 64],
-                "step_sizes": [float(f"{v:.3g}") for v in np.logspace(-5, 2, 22)], "divergence_batches": 3,
-                "divergence_limit": 1e3, "learning_rates": [0.0001, 0.003, 0.1], "noise_pool": 1024,
-                "noise_batch_sizes": [8, 16, 32, 64, 128, 256], "noise_draws": 200,
-                "noise_step_sizes": [0.0001, 0.003, 0.1],
-                "dataset": "cifar10", "subset": None, "test_subset": None, "batch_size": 128, "epochs": 164,
-                "lr_scale_with_batch": False, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "multistep",
-                "lr_milestones": [82], "lr_decay": 0.1, "seed": 0}
+PAPER_VALUES = {
+    "norm": "bn",
+    "arch": "resnet",
+    "depth": 110,
+    "widths": [16, 32, 64],
+    "step_sizes": [float(f"{v:.3g}") for v in np.logspace(-5, 2, 22)],
+    "divergence_batches": 3,
+    "divergence_limit": 1e3,
+    "learning_rates": [0.0001, 0.003, 0.1],
+    "noise_pool": 1024,
+    "noise_batch_sizes": [8, 16, 32, 64, 128, 256],
+    "noise_draws": 200,
+    "noise_step_sizes": [0.0001, 0.003, 0.1],
+    "dataset": "cifar10",
+    "subset": None,
+    "test_subset": None,
+    "batch_size": 128,
+    "epochs": 164,
+    "lr_scale_with_batch": False,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "multistep",
+    "lr_milestones": [82],
+    "lr_decay": 0.1,
+    "seed": 0,
+}
 
-SPEC = presets.training_spec(extra_params=OWN_PARAMS, book=BOOK, paper=PAPER_VALUES,
-                             checks=(shared_checks.normalizer_against_none, _check_arch, _check_noise, _check_grids))
+SPEC = presets.training_spec(
+    extra_params=OWN_PARAMS,
+    book=BOOK,
+    paper=PAPER_VALUES,
+    checks=(shared_checks.normalizer_against_none, _check_arch, _check_noise, _check_grids),
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The networks
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def cnn_cfg(depth: int, widths: list[int]) -> list:
     """The plain CNN's ``make_cnn`` cfg: ``depth`` 3x3 convs, the first half at ``widths[0]`` and the rest at
@@ -147,16 +204,19 @@ def build(config: Mapping[str, Any], norm: str, dataset: data.Dataset, seed: int
 
 def _pool(config: Mapping[str, Any], size: int, stream: int) -> data.Dataset:
     options = {"shape": (1, 28, 28)} if config["dataset"] == "synthetic" else {}
-    return data.load_dataset(config["dataset"], "train", subset=size, seed=derive_seed(config["seed"], stream),
-                             **options)
+    return data.load_dataset(
+        config["dataset"], "train", subset=size, seed=derive_seed(config["seed"], stream), **options
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Divergence at initialization
 # ----------------------------------------------------------------------------------------------------------------
 
-def relative_losses(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    step_sizes: list[float]) -> tuple[float, np.ndarray]:
+
+def relative_losses(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step_sizes: list[float]
+) -> tuple[float, np.ndarray]:
     r"""``(L(x), [L(x - alpha * grad) / L(x) for alpha in step_sizes])`` on one mini-batch, in training mode
     (BatchNorm uses the batch's statistics, as during training); a non-finite loss is recorded as ``inf``. The model
     and its buffers are restored afterwards."""
@@ -194,10 +254,13 @@ def _divergence_frame(config: Mapping[str, Any], device: torch.device) -> pd.Dat
         model = build(config, norm, pool, derive_seed(config["seed"], 12)).to(device)
         for b in range(config["divergence_batches"]):
             sl = slice(b * config["batch_size"], (b + 1) * config["batch_size"])
-            base, ratios = relative_losses(model, pool.images[sl].to(device), pool.labels[sl].to(device),
-                                           config["step_sizes"])
-            rows += [{"norm": norm, "batch": b, "step_size": a, "relative_loss": float(r), "initial_loss": base}
-                     for a, r in zip(config["step_sizes"], ratios)]
+            base, ratios = relative_losses(
+                model, pool.images[sl].to(device), pool.labels[sl].to(device), config["step_sizes"]
+            )
+            rows += [
+                {"norm": norm, "batch": b, "step_size": a, "relative_loss": float(r), "initial_loss": base}
+                for a, r in zip(config["step_sizes"], ratios)
+            ]
     return pd.DataFrame(rows)
 
 
@@ -205,16 +268,23 @@ def _divergence_frame(config: Mapping[str, Any], device: torch.device) -> pd.Dat
 # Training grid
 # ----------------------------------------------------------------------------------------------------------------
 
-def train_point(norm: str, lr: float, arch: str, model: dict[str, Any], dataset: dict[str, Any],
-                train: dict[str, Any]) -> dict[str, Any]:
+
+def train_point(
+    norm: str, lr: float, arch: str, model: dict[str, Any], dataset: dict[str, Any], train: dict[str, Any]
+) -> dict[str, Any]:
     """One training run of the grid (module level, so :func:`normlib.sweep.sweep` can send it to workers)."""
     result = train_model(arch, model, dataset, train)
     losses = result.history["loss"].to_numpy(dtype=float)
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"diverged": bool(result.diverged), "diverged_step": result.diverged_step,
-            "final_loss": float("nan") if result.diverged else float(np.mean(tail)),
-            "test_accuracy": float(result.test_accuracy), "train_accuracy": float(result.train_accuracy),
-            "steps": int(len(result.history)), "loss": [float(v) for v in result.history["loss"]]}
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "diverged": bool(result.diverged),
+        "diverged_step": result.diverged_step,
+        "final_loss": float("nan") if result.diverged else float(np.mean(tail)),
+        "test_accuracy": float(result.test_accuracy),
+        "train_accuracy": float(result.train_accuracy),
+        "steps": int(len(result.history)),
+        "loss": [float(v) for v in result.history["loss"]],
+    }
 
 
 def training_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -223,15 +293,23 @@ def training_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     for norm in (config["norm"], BASELINE):
         arch, kwargs = model_options(config, norm)
         for lr in config["learning_rates"]:
-            points.append({"norm": norm, "lr": lr, "arch": arch, "model": kwargs,
-                           "dataset": presets.dataset_options(config),
-                           "train": presets.train_config(config, lr=lr, progress=False).to_dict()})
+            points.append(
+                {
+                    "norm": norm,
+                    "lr": lr,
+                    "arch": arch,
+                    "model": kwargs,
+                    "dataset": presets.dataset_options(config),
+                    "train": presets.train_config(config, lr=lr, progress=False).to_dict(),
+                }
+            )
     return points
 
 
 def _train_frame(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
-    swept = sweep(train_point, training_grid(config), executor=executor, cache=cache, progress=False,
-                  desc="training grid")
+    swept = sweep(
+        train_point, training_grid(config), executor=executor, cache=cache, progress=False, desc="training grid"
+    )
     outcome = pd.DataFrame(list(swept["result"]))
     return pd.concat([swept[["norm", "lr"]].reset_index(drop=True), outcome], axis=1)
 
@@ -239,6 +317,7 @@ def _train_frame(config: Mapping[str, Any], executor: Any = None, cache: bool = 
 # ----------------------------------------------------------------------------------------------------------------
 # SGD noise
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def per_example_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``(N, P)``: row ``i`` is the gradient of example ``i``'s cross-entropy with respect to all parameters
@@ -262,8 +341,9 @@ def minibatch_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
-def sgd_step_deviation(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, full_gradient: torch.Tensor,
-                       step_size: float) -> float:
+def sgd_step_deviation(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, full_gradient: torch.Tensor, step_size: float
+) -> float:
     r""":math:`\lVert\Delta x + \alpha\nabla\ell\rVert^2`, the squared deviation of one real
     ``torch.optim.SGD`` step (no momentum, no weight decay) of size :math:`\alpha` on the mini-batch from the
     full-gradient step; the parameters are restored afterwards."""
@@ -299,35 +379,57 @@ def _noise_frames(config: Mapping[str, Any], device: torch.device) -> dict[str, 
     for alpha in config["noise_step_sizes"]:  # fresh mini-batches at every step size: a statistical test of alpha^2
         for draw in range(config["noise_draws"]):
             idx = torch.as_tensor(generator.choice(len(pool), size, replace=False), device=device)
-            step_rows.append({"step_size": alpha, "batch_size": size, "draw": draw,
-                              "deviation": sgd_step_deviation(model, images[idx], labels[idx], full.float(), alpha)})
-    return {"noise": pd.DataFrame(rows), "noise_steps": pd.DataFrame(step_rows),
-            "noise_variance": pd.DataFrame({"variance": [variance], "pool": [len(pool)],
-                                            "parameters": [per_example.shape[1]]})}
+            step_rows.append(
+                {
+                    "step_size": alpha,
+                    "batch_size": size,
+                    "draw": draw,
+                    "deviation": sgd_step_deviation(model, images[idx], labels[idx], full.float(), alpha),
+                }
+            )
+    return {
+        "noise": pd.DataFrame(rows),
+        "noise_steps": pd.DataFrame(step_rows),
+        "noise_variance": pd.DataFrame(
+            {"variance": [variance], "pool": [len(pool)], "parameters": [per_example.shape[1]]}
+        ),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Measure
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def measure_all(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
     """``{"divergence", "train", "noise", "noise_steps", "noise_variance"}`` (see the module doc); ``cache``
     applies to the training sweep's points."""
     device = resolve_device(config["device"])
-    return {"divergence": _divergence_frame(config, device), "train": _train_frame(config, executor, cache),
-            **_noise_frames(config, device)}
+    return {
+        "divergence": _divergence_frame(config, device),
+        "train": _train_frame(config, executor, cache),
+        **_noise_frames(config, device),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Summaries and claims
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def thresholds(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Divergence threshold per network and mini-batch (NaN: beyond the grid)."""
     rows = []
     for (norm, batch), frame in measured["divergence"].groupby(["norm", "batch"], sort=False):
-        rows.append({"norm": norm, "batch": batch, "threshold": divergence_threshold(
-            frame["step_size"].tolist(), frame["relative_loss"].to_numpy(), config["divergence_limit"])})
+        rows.append(
+            {
+                "norm": norm,
+                "batch": batch,
+                "threshold": divergence_threshold(
+                    frame["step_size"].tolist(), frame["relative_loss"].to_numpy(), config["divergence_limit"]
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -423,47 +525,96 @@ class LargeLearningRates(Experiment):
         """The noise laws: slopes -1 in the batch size (``L.noise_batch``) and 2 in the step size
         (``L.noise_step``), and ``noise``, the exact finite-pool noise per batch size from the measured gradient
         variance (``L.noise_level`` compares the measurement with it: ratio 1)."""
-        return {"L.noise_batch": -1.0, "L.noise_step": 2.0, "L.noise_level": 1.0,
-                "noise": noise_summary(measured, theory)["predicted"].to_numpy()}
+        return {
+            "L.noise_batch": -1.0,
+            "L.noise_step": 2.0,
+            "L.noise_level": 1.0,
+            "noise": noise_summary(measured, theory)["predicted"].to_numpy(),
+        }
 
-    def check(self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
-              ) -> list[claims.ClaimCheck]:
+    def check(
+        self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
+    ) -> list[claims.ClaimCheck]:
         """L.threshold, L.small_lr, L.best_lr, L.noise_batch, L.noise_level, L.noise_step (see the notebook)."""
         title = layers.norm_info(config["norm"]).title
         ratio, censored = threshold_ratio(config, measured)
-        checks = [claims.check_at_least(
-            "L.threshold", PAPER,
-            f"at initialization the network without a normalizer diverges at step sizes at least "
-            f"{THRESHOLD_RATIO_MIN:g}x smaller than with {title}"
-            + (" (measured: a lower bound, the normalized network never diverged on the grid)" if censored else ""),
-            THRESHOLD_RATIO_MIN, ratio, source="paper")]
+        checks = [
+            claims.check_at_least(
+                "L.threshold",
+                PAPER,
+                f"at initialization the network without a normalizer diverges at step sizes at least "
+                f"{THRESHOLD_RATIO_MIN:g}x smaller than with {title}"
+                + (" (measured: a lower bound, the normalized network never diverged on the grid)" if censored else ""),
+                THRESHOLD_RATIO_MIN,
+                ratio,
+                source="paper",
+            )
+        ]
 
         table = accuracy_table(measured)
         smallest = min(config["learning_rates"])
         gap = float(abs(table.loc[smallest, config["norm"]] - table.loc[smallest, BASELINE]))
-        checks.append(claims.check_at_most(
-            "L.small_lr", PAPER, f"at the smallest learning rate ({smallest:g}) both networks reach about the same "
-            "test accuracy (absolute gap)", SMALL_LR_GAP_MAX, gap, source="paper"))
+        checks.append(
+            claims.check_at_most(
+                "L.small_lr",
+                PAPER,
+                f"at the smallest learning rate ({smallest:g}) both networks reach about the same "
+                "test accuracy (absolute gap)",
+                SMALL_LR_GAP_MAX,
+                gap,
+                source="paper",
+            )
+        )
         best_ratio = best_learning_rate(measured, config["norm"]) / best_learning_rate(measured, BASELINE)
-        checks.append(claims.check_at_least(
-            "L.best_lr", PAPER, f"the best learning rate (lowest final training loss) with {title} is at least "
-            f"{BEST_LR_RATIO_MIN:g}x the best one without a normalizer", BEST_LR_RATIO_MIN, best_ratio,
-            source="paper"))
+        checks.append(
+            claims.check_at_least(
+                "L.best_lr",
+                PAPER,
+                f"the best learning rate (lowest final training loss) with {title} is at least "
+                f"{BEST_LR_RATIO_MIN:g}x the best one without a normalizer",
+                BEST_LR_RATIO_MIN,
+                best_ratio,
+                source="paper",
+            )
+        )
 
-        checks.append(claims.check_close(
-            "L.noise_batch", PAPER, "SGD noise scales as 1/|B| (log-log slope against the batch size, finite-pool "
-            "factor removed)", predicted["L.noise_batch"], noise_batch_slope(measured), abs_tol=NOISE_SLOPE_TOL,
-            source="paper"))
+        checks.append(
+            claims.check_close(
+                "L.noise_batch",
+                PAPER,
+                "SGD noise scales as 1/|B| (log-log slope against the batch size, finite-pool factor removed)",
+                predicted["L.noise_batch"],
+                noise_batch_slope(measured),
+                abs_tol=NOISE_SLOPE_TOL,
+                source="paper",
+            )
+        )
         stats = noise_summary(measured)
         level = float(np.exp(np.mean(np.log(stats["mean"] / pd.Series(predicted["noise"], index=stats.index)))))
-        checks.append(claims.check_close(
-            "L.noise_level", "derived", "the measured noise equals C/|B| x (N-|B|)/(N-1) (geometric mean of "
-            "measured/predicted over batch sizes; below the paper's bound C/|B|)", predicted["L.noise_level"],
-            level, rel_tol=NOISE_LEVEL_REL_TOL, source="derived"))
-        checks.append(claims.check_close(
-            "L.noise_step", PAPER, "the deviation of a real SGD step from the full-gradient step scales as alpha^2 "
-            "(log-log slope; independent mini-batches at each step size)", predicted["L.noise_step"],
-            noise_step_slope(measured), abs_tol=NOISE_SLOPE_TOL, source="paper"))
+        checks.append(
+            claims.check_close(
+                "L.noise_level",
+                "derived",
+                "the measured noise equals C/|B| x (N-|B|)/(N-1) (geometric mean of "
+                "measured/predicted over batch sizes; below the paper's bound C/|B|)",
+                predicted["L.noise_level"],
+                level,
+                rel_tol=NOISE_LEVEL_REL_TOL,
+                source="derived",
+            )
+        )
+        checks.append(
+            claims.check_close(
+                "L.noise_step",
+                PAPER,
+                "the deviation of a real SGD step from the full-gradient step scales as alpha^2 "
+                "(log-log slope; independent mini-batches at each step size)",
+                predicted["L.noise_step"],
+                noise_step_slope(measured),
+                abs_tol=NOISE_SLOPE_TOL,
+                source="paper",
+            )
+        )
         return checks
 
 

@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from normlib import claims, layers, models, presets
-from normlib import train as training
 from normlib import theory as default_theory
+from normlib import train as training
 from normlib.experiments.protocol import Experiment, Predictions
 from normlib.numerics import ACCUMULATORS, ReducedPrecision, fp16_mean
 from normlib.params import Config, Param, ParameterError
@@ -85,66 +85,124 @@ ACC_MARGIN = 0.02
 
 # ---------------------------------------------------------------------------------------------- parameters
 
+
 def _check_const_ns(config: Mapping[str, Any]) -> None:
     bad = [n for n in config["const_ns"] if n < max(2, config["topk"])]
     if bad:
-        raise ParameterError(f"parameter 'const_ns': invalid value {bad[0]!r}; allowed: integers >= 2 and >= "
-                             f"topk={config['topk']} (Top-k needs k values per channel)")
+        raise ParameterError(
+            f"parameter 'const_ns': invalid value {bad[0]!r}; allowed: integers >= 2 and >= "
+            f"topk={config['topk']} (Top-k needs k values per channel)"
+        )
 
 
 def _check_resnet_depth(config: Mapping[str, Any]) -> None:
     depth = config["resnet_depth"]
     if (depth - 2) % 6:
-        raise ParameterError(f"parameter 'resnet_depth': invalid value {depth!r}; allowed: 6n+2 "
-                             f"(e.g. {', '.join(map(str, models.RESNET_DEPTH_EXAMPLES))})")
+        raise ParameterError(
+            f"parameter 'resnet_depth': invalid value {depth!r}; allowed: 6n+2 "
+            f"(e.g. {', '.join(map(str, models.RESNET_DEPTH_EXAMPLES))})"
+        )
 
 
 def _check_lowp_device(config: Mapping[str, Any]) -> None:
     if config["lowp_dtype"] == "float16" and config["device"] == "cpu":
-        raise ParameterError("parameter 'lowp_dtype': invalid value 'float16' on device 'cpu' (float16 autocast "
-                             "convolutions on a CPU run about 500x slower than float32); allowed: 'bfloat16' on the "
-                             "CPU, 'float16' with device 'cuda' or 'auto' on a GPU machine")
+        raise ParameterError(
+            "parameter 'lowp_dtype': invalid value 'float16' on device 'cpu' (float16 autocast "
+            "convolutions on a CPU run about 500x slower than float32); allowed: 'bfloat16' on the "
+            "CPU, 'float16' with device 'cuda' or 'auto' on a GPU machine"
+        )
 
 
 OWN_PARAMS = (
-    Param("const_ns", "int_list", "values per channel n (batch x height x width) of the Monte-Carlo constants check",
-          minimum=2),
+    Param(
+        "const_ns",
+        "int_list",
+        "values per channel n (batch x height x width) of the Monte-Carlo constants check",
+        minimum=2,
+    ),
     Param("const_repeats", "int", "Monte-Carlo channels per n", minimum=2),
     Param("topk", "int", "k of Top-k batch norm (the paper's Top10: 10)", minimum=1),
-    Param("sigmas", "float_list", "activation standard deviations of the float16 overflow experiment",
-          minimum=SIGMA_RANGE[0], maximum=SIGMA_RANGE[1]),
+    Param(
+        "sigmas",
+        "float_list",
+        "activation standard deviations of the float16 overflow experiment",
+        minimum=SIGMA_RANGE[0],
+        maximum=SIGMA_RANGE[1],
+    ),
     Param("overflow_repeats", "int", "independent channels per sigma in the overflow experiment", minimum=1),
     Param("norms", "str_list", "normalizers trained in float32", choices=TRAIN_NORMS),
     Param("lowp_norms", "str_list", "normalizers also trained in reduced precision", choices=TRAIN_NORMS),
     Param("lowp_dtype", "str", "reduced precision of the autocast runs (float16 only on a GPU)", choices=LOWP_DTYPES),
-    Param("arch", "str", "cnn: the book's small CNN (presets.BOOK_CNN); resnet: CIFAR ResNet (make_resnet)",
-          choices=ARCHS),
-    Param("width", "int", "cnn: channels of the first layer (BOOK_CNN's 32 rescaled); resnet: of the first stage",
-          minimum=1),
+    Param(
+        "arch", "str", "cnn: the book's small CNN (presets.BOOK_CNN); resnet: CIFAR ResNet (make_resnet)", choices=ARCHS
+    ),
+    Param(
+        "width",
+        "int",
+        "cnn: channels of the first layer (BOOK_CNN's 32 rescaled); resnet: of the first stage",
+        minimum=1,
+    ),
     Param("resnet_depth", "int", "depth 6n+2 of the CIFAR ResNet (arch resnet only)", minimum=8),
 )
 
-BOOK = {"const_ns": [16, 64, 256, 1024, 3136, 12544], "const_repeats": 256, "topk": 10, "sigmas": [1.0, 4.0, 16.0],
-        "overflow_repeats": 4, "norms": list(TRAIN_NORMS), "lowp_norms": ["bn", "l1bn"], "lowp_dtype": "bfloat16",
-        "arch": "cnn", "width": 16, "resnet_depth": 56,
-        "subset": 6400, "test_subset": 2000, "epochs": 1, "batch_size": 64, "lr": 0.05}
+BOOK = {
+    "const_ns": [16, 64, 256, 1024, 3136, 12544],
+    "const_repeats": 256,
+    "topk": 10,
+    "sigmas": [1.0, 4.0, 16.0],
+    "overflow_repeats": 4,
+    "norms": list(TRAIN_NORMS),
+    "lowp_norms": ["bn", "l1bn"],
+    "lowp_dtype": "bfloat16",
+    "arch": "cnn",
+    "width": 16,
+    "resnet_depth": 56,
+    "subset": 6400,
+    "test_subset": 2000,
+    "epochs": 1,
+    "batch_size": 64,
+    "lr": 0.05,
+}
 #: The official code's CIFAR regime (papers.md §3.3 "Other regimes"; norm_matters ``models/resnet.py``): ResNet-56
 #: with widths 16/32/64 on CIFAR-10, SGD lr 0.1, momentum 0.9, weight decay 1e-4, x0.1 at epochs 81, 122 and 164,
 #: batch 256 and seed 123 (``main.py``'s defaults). The code does not say how many epochs; 200 reaches the last drop.
 #: The ImageNet ResNet-18/50 runs of the paper are not reproduced (no ImageNet loader).
-PAPER_VALUES = {"const_ns": [12544, 50176, 200704, 802816], "const_repeats": 256, "topk": 10,
-                "sigmas": [1.0, 4.0, 16.0], "overflow_repeats": 16, "norms": list(TRAIN_NORMS),
-                "lowp_norms": ["bn", "l1bn"], "lowp_dtype": "float16", "arch": "resnet", "width": 16,
-                "resnet_depth": 56,
-                "dataset": "cifar10", "batch_size": 256, "epochs": 200, "lr": 0.1, "lr_scale_with_batch": True,
-                "momentum": 0.9, "weight_decay": 1e-4, "schedule": "multistep", "lr_milestones": [81, 122, 164],
-                "lr_decay": 0.1, "seed": 123, "paper_small_batch": False}
+PAPER_VALUES = {
+    "const_ns": [12544, 50176, 200704, 802816],
+    "const_repeats": 256,
+    "topk": 10,
+    "sigmas": [1.0, 4.0, 16.0],
+    "overflow_repeats": 16,
+    "norms": list(TRAIN_NORMS),
+    "lowp_norms": ["bn", "l1bn"],
+    "lowp_dtype": "float16",
+    "arch": "resnet",
+    "width": 16,
+    "resnet_depth": 56,
+    "dataset": "cifar10",
+    "batch_size": 256,
+    "epochs": 200,
+    "lr": 0.1,
+    "lr_scale_with_batch": True,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "schedule": "multistep",
+    "lr_milestones": [81, 122, 164],
+    "lr_decay": 0.1,
+    "seed": 123,
+    "paper_small_batch": False,
+}
 
-SPEC = presets.training_spec(extra_params=OWN_PARAMS, book=BOOK, paper=PAPER_VALUES,
-                             checks=(_check_const_ns, _check_resnet_depth, _check_lowp_device))
+SPEC = presets.training_spec(
+    extra_params=OWN_PARAMS,
+    book=BOOK,
+    paper=PAPER_VALUES,
+    checks=(_check_const_ns, _check_resnet_depth, _check_lowp_device),
+)
 
 
 # ---------------------------------------------------------------------------------------------- constants
+
 
 def _deviation_modules(k: int) -> dict[str, nn.Module]:
     return {"l1": layers.L1BatchNorm2d(1), "linf": layers.LinfBatchNorm2d(1), "topk": layers.TopkBatchNorm2d(1, k=k)}
@@ -186,12 +244,20 @@ def _constants_frame(config: Mapping[str, Any]) -> pd.DataFrame:
                 ratios[name].append(dev)
         for name in DEVIATIONS:
             values = torch.cat(ratios[name]).numpy()
-            rows.append({"deviation": name, "n": n, "mean": float(values.mean()),
-                         "se": float(values.std(ddof=1) / math.sqrt(len(values))), "repeats": len(values)})
+            rows.append(
+                {
+                    "deviation": name,
+                    "n": n,
+                    "mean": float(values.mean()),
+                    "se": float(values.std(ddof=1) / math.sqrt(len(values))),
+                    "repeats": len(values),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------- float16
+
 
 def fp16_deviation(x: Tensor, kind: str, accumulator: str) -> Tensor:
     r"""The scaled deviation of each row of ``x`` (shape ``(R, n)``) computed in float16.
@@ -226,6 +292,7 @@ def overflow_size(x: Tensor, kind: str) -> float:
     """The smallest ``n`` at which the fp16-accumulated deviation of ``x[:n]`` (one channel, shape ``(N,)``) is not
     finite: doubling ``n`` from 2 until it fails, then bisection (the sums grow with ``n``, so the first failure is
     found up to the sums' fluctuation between neighbouring ``n``); ``inf`` when even ``N`` does not overflow."""
+
     def fails(n: int) -> bool:
         return not bool(torch.isfinite(fp16_deviation(x[None, :n], kind, "fp16"))[0])
 
@@ -276,27 +343,44 @@ def _overflow_frames(config: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
             for kind, accumulator in ACCUMULATIONS:
                 dev = fp16_deviation(half[:, :n], kind, accumulator)
                 rel = (dev / ref[0 if kind == "l2" else 1] - 1).numpy()
-                rows = [{"sigma": sigma, "n": n, "repeat": r, "kind": kind, "accumulator": accumulator,
-                         "finite": bool(np.isfinite(rel[r])), "rel_error": float(rel[r])} for r in range(repeats)]
+                rows = [
+                    {
+                        "sigma": sigma,
+                        "n": n,
+                        "repeat": r,
+                        "kind": kind,
+                        "accumulator": accumulator,
+                        "finite": bool(np.isfinite(rel[r])),
+                        "rel_error": float(rel[r]),
+                    }
+                    for r in range(repeats)
+                ]
                 (windows if n not in grid else curves).extend(rows)
-    return {"thresholds": pd.DataFrame(thresholds), "curves": pd.DataFrame(curves),
-            "window": pd.DataFrame(windows, columns=["sigma", "n", "repeat", "kind", "accumulator", "finite",
-                                                     "rel_error"])}
+    return {
+        "thresholds": pd.DataFrame(thresholds),
+        "curves": pd.DataFrame(curves),
+        "window": pd.DataFrame(windows, columns=["sigma", "n", "repeat", "kind", "accumulator", "finite", "rel_error"]),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- training
 
+
 def model_options(config: Mapping[str, Any]) -> dict[str, Any]:
     """``arch`` and the JSON options of :func:`normlib.models.build_model` (without ``norm``)."""
     if config["arch"] == "cnn":
-        return {"arch": "cnn", "cfg": [list(e) if isinstance(e, tuple) else e for e in presets.BOOK_CNN["cfg"]],
-                "width": config["width"]}
+        return {
+            "arch": "cnn",
+            "cfg": [list(e) if isinstance(e, tuple) else e for e in presets.BOOK_CNN["cfg"]],
+            "width": config["width"],
+        }
     width = config["width"]
     return {"arch": "resnet", "depth": config["resnet_depth"], "widths": [width, 2 * width, 4 * width]}
 
 
-def train_point(norm: str, precision: str, model: dict[str, Any], dataset: dict[str, Any],
-                train: dict[str, Any]) -> dict[str, Any]:
+def train_point(
+    norm: str, precision: str, model: dict[str, Any], dataset: dict[str, Any], train: dict[str, Any]
+) -> dict[str, Any]:
     """One training run (module level, so that :func:`normlib.sweep.sweep` can send it to workers): ``norm`` in
     ``precision`` (``float32``, or a reduced dtype through :class:`~normlib.numerics.ReducedPrecision`), seeded by
     ``train["seed"]``; the data are :func:`normlib.train.load_splits` of ``dataset``. Returns the outcome and the
@@ -310,11 +394,17 @@ def train_point(norm: str, precision: str, model: dict[str, Any], dataset: dict[
         net = ReducedPrecision(net, getattr(torch, precision))
     result = training.train(net, train_set, test_set, config)
     losses = result.history["loss"].to_numpy(dtype=float)
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"diverged": bool(result.diverged), "diverged_step": result.diverged_step,
-            "final_loss": float("nan") if result.diverged else float(np.mean(tail)),
-            "test_accuracy": float(result.test_accuracy), "train_accuracy": float(result.train_accuracy),
-            "steps": int(len(losses)), "loss": [float(v) for v in losses], "wall_time_s": float(result.wall_time_s)}
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "diverged": bool(result.diverged),
+        "diverged_step": result.diverged_step,
+        "final_loss": float("nan") if result.diverged else float(np.mean(tail)),
+        "test_accuracy": float(result.test_accuracy),
+        "train_accuracy": float(result.train_accuracy),
+        "steps": int(len(losses)),
+        "loss": [float(v) for v in losses],
+        "wall_time_s": float(result.wall_time_s),
+    }
 
 
 def training_runs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -326,31 +416,46 @@ def training_runs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 def training_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The sweep's points, with the JSON arguments of :func:`train_point`."""
     tc = presets.train_config(config, progress=False).to_dict()
-    return [{"norm": norm, "precision": precision, "model": model_options(config),
-             "dataset": presets.dataset_options(config), "train": tc} for norm, precision in training_runs(config)]
+    return [
+        {
+            "norm": norm,
+            "precision": precision,
+            "model": model_options(config),
+            "dataset": presets.dataset_options(config),
+            "train": tc,
+        }
+        for norm, precision in training_runs(config)
+    ]
 
 
 def _train_frame(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
-    swept = sweep(train_point, training_grid(config), executor=executor, cache=cache, progress=False,
-                  desc="training runs")
+    swept = sweep(
+        train_point, training_grid(config), executor=executor, cache=cache, progress=False, desc="training runs"
+    )
     outcome = pd.DataFrame(list(swept["result"]))
     return pd.concat([swept[["norm", "precision"]].reset_index(drop=True), outcome], axis=1)
 
 
 # ---------------------------------------------------------------------------------------------- measure
 
+
 def measure_all(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
     """``constants`` (deviation, n, mean, se, repeats), ``thresholds`` (sigma, repeat, kind, n), ``curves`` and
     ``window`` (sigma, n, repeat, kind, accumulator, finite, rel_error) and ``train`` (one row per run: norm,
     precision, diverged, diverged_step, final_loss, test_accuracy, train_accuracy, steps, loss, wall_time_s)."""
-    return {"constants": _constants_frame(config), **_overflow_frames(config),
-            "train": _train_frame(config, executor, cache)}
+    return {
+        "constants": _constants_frame(config),
+        **_overflow_frames(config),
+        "train": _train_frame(config, executor, cache),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- comparison
 
-def constants_table(config: Mapping[str, Any], measured: dict[str, pd.DataFrame], theory: Any = default_theory
-                    ) -> pd.DataFrame:
+
+def constants_table(
+    config: Mapping[str, Any], measured: dict[str, pd.DataFrame], theory: Any = default_theory
+) -> pd.DataFrame:
     """The Monte-Carlo ratios with the derived prediction next to them (``predicted``) and the paper's target 1."""
     frame = measured["constants"].copy()
     frame["predicted"] = [predicted_ratio(d, int(n), config["topk"], theory) for d, n in zip(frame.deviation, frame.n)]
@@ -358,8 +463,9 @@ def constants_table(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]
     return frame
 
 
-def overflow_table(config: Mapping[str, Any], measured: dict[str, pd.DataFrame], theory: Any = default_theory
-                   ) -> pd.DataFrame:
+def overflow_table(
+    config: Mapping[str, Any], measured: dict[str, pd.DataFrame], theory: Any = default_theory
+) -> pd.DataFrame:
     """Per sigma: the mean measured overflow size of L2 and L1 over the repeats, the predictions, and the L2
     check's relative tolerance."""
     th = measured["thresholds"]
@@ -369,8 +475,16 @@ def overflow_table(config: Mapping[str, Any], measured: dict[str, pd.DataFrame],
         l2 = float(sub[sub.kind == "l2"]["n"].mean())
         l1 = float(sub[sub.kind == "l1"]["n"].mean())
         predicted = theory.l2_overflow_n(sigma)
-        rows.append({"sigma": sigma, "l2_measured": l2, "l2_predicted": predicted, "l1_measured": l1,
-                     "l1_predicted": theory.l1_overflow_n(sigma), "l2_rel_tol": overflow_tolerance(predicted, config)})
+        rows.append(
+            {
+                "sigma": sigma,
+                "l2_measured": l2,
+                "l2_predicted": predicted,
+                "l1_measured": l1,
+                "l1_predicted": theory.l1_overflow_n(sigma),
+                "l2_rel_tol": overflow_tolerance(predicted, config),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -395,8 +509,9 @@ def _sigma_id(sigma: float) -> str:
     return f"{sigma:g}".replace(".", "p")
 
 
-def check_claims(config: Mapping[str, Any], measured: dict[str, pd.DataFrame], predicted: Predictions
-                 ) -> list[claims.ClaimCheck]:
+def check_claims(
+    config: Mapping[str, Any], measured: dict[str, pd.DataFrame], predicted: Predictions
+) -> list[claims.ClaimCheck]:
     """The constants (paper's target 1 at the largest n; derived expectations at every n), the L2 overflow size at
     every sigma, L1 surviving where L2 overflows, and the training comparisons that were run."""
     k, n_max = config["topk"], max(config["const_ns"])
@@ -404,22 +519,44 @@ def check_claims(config: Mapping[str, Any], measured: dict[str, pd.DataFrame], p
     checks = []
     for deviation, title in (("l1", "L1"), ("linf", "L∞"), ("topk", f"Top-{k}")):
         row = table[(table.deviation == deviation) & (table.n == n_max)].iloc[0]
-        checks.append(claims.check_close(
-            f"L.c_{deviation}", PAPER,
-            f"the {title} constant makes the scaled deviation estimate sigma (Monte-Carlo ratio 1, at n = {n_max})",
-            1.0, row["mean"], abs_tol=MC_SIGMAS * row["se"], source="paper"))
-    z = np.abs(table["mean"] - table["predicted"]) / (MC_SIGMAS * table["se"] + ORDER_STAT_APPROX / table["n"]
-                                                       * (table.deviation.isin(["linf", "topk"])))
+        checks.append(
+            claims.check_close(
+                f"L.c_{deviation}",
+                PAPER,
+                f"the {title} constant makes the scaled deviation estimate sigma (Monte-Carlo ratio 1, at n = {n_max})",
+                1.0,
+                row["mean"],
+                abs_tol=MC_SIGMAS * row["se"],
+                source="paper",
+            )
+        )
+    z = np.abs(table["mean"] - table["predicted"]) / (
+        MC_SIGMAS * table["se"] + ORDER_STAT_APPROX / table["n"] * (table.deviation.isin(["linf", "topk"]))
+    )
     worst = float(z.max())
-    checks.append(claims.check_at_most(
-        "L.c_derived", PAPER, "every Monte-Carlo ratio matches its derived expectation (worst |MC - derived| in "
-        "units of the tolerance: 4 standard errors, + 1/n for the order-statistic approximation)", 1.0, worst))
+    checks.append(
+        claims.check_at_most(
+            "L.c_derived",
+            PAPER,
+            "every Monte-Carlo ratio matches its derived expectation (worst |MC - derived| in "
+            "units of the tolerance: 4 standard errors, + 1/n for the order-statistic approximation)",
+            1.0,
+            worst,
+        )
+    )
 
     for _, row in predicted["overflow"].iterrows():
-        checks.append(claims.check_close(
-            f"L.overflow_l2.s{_sigma_id(row.sigma)}", PAPER,
-            f"a float16 accumulator of the L2 sum of squares overflows at n = 1 + 65504/sigma^2 (sigma = "
-            f"{row.sigma:g})", row.l2_predicted, row.l2_measured, rel_tol=row.l2_rel_tol))
+        checks.append(
+            claims.check_close(
+                f"L.overflow_l2.s{_sigma_id(row.sigma)}",
+                PAPER,
+                f"a float16 accumulator of the L2 sum of squares overflows at n = 1 + 65504/sigma^2 (sigma = "
+                f"{row.sigma:g})",
+                row.l2_predicted,
+                row.l2_measured,
+                rel_tol=row.l2_rel_tol,
+            )
+        )
 
     window = measured["window"]
     fp16 = window[window.accumulator == "fp16"]
@@ -427,28 +564,58 @@ def check_claims(config: Mapping[str, Any], measured: dict[str, pd.DataFrame], p
         l2 = fp16[fp16.kind == "l2"].set_index(["sigma", "n", "repeat"])
         l1 = fp16[fp16.kind == "l1"].set_index(["sigma", "n", "repeat"])
         ok = (~l2["finite"]) & l1["finite"] & (l1["rel_error"].abs() <= L1_SURVIVAL_REL_ERR)
-        checks.append(claims.check_true(
-            "L.l1_survives", PAPER, "where L2's float16 sum overflows, L1's survives (finite, within "
-            f"{L1_SURVIVAL_REL_ERR:.0%} of float64): points of the window", float(len(ok)), float(ok.sum()),
-            bool(ok.all()), "all points", source="paper"))
+        checks.append(
+            claims.check_true(
+                "L.l1_survives",
+                PAPER,
+                "where L2's float16 sum overflows, L1's survives (finite, within "
+                f"{L1_SURVIVAL_REL_ERR:.0%} of float64): points of the window",
+                float(len(ok)),
+                float(ok.sum()),
+                bool(ok.all()),
+                "all points",
+                source="paper",
+            )
+        )
 
     norms = set(config["norms"])
     if {"bn", "l1bn"} <= norms:
-        checks.append(claims.check_at_least(
-            "L.l1_vs_l2", PAPER, f"L1 batch norm trains as well as L2 (test accuracy at least L2's minus "
-            f"{ACC_MARGIN:.0%})", accuracy(measured, "bn") - ACC_MARGIN, accuracy(measured, "l1bn"), source="paper"))
+        checks.append(
+            claims.check_at_least(
+                "L.l1_vs_l2",
+                PAPER,
+                f"L1 batch norm trains as well as L2 (test accuracy at least L2's minus {ACC_MARGIN:.0%})",
+                accuracy(measured, "bn") - ACC_MARGIN,
+                accuracy(measured, "l1bn"),
+                source="paper",
+            )
+        )
     if {"wn", "bwn"} <= norms:
-        checks.append(claims.check_at_least(
-            "L.bwn_vs_wn", PAPER, f"bounded weight normalization is no worse than weight normalization (test "
-            f"accuracy at least WN's minus {ACC_MARGIN:.0%})", accuracy(measured, "wn") - ACC_MARGIN,
-            accuracy(measured, "bwn"), source="paper"))
+        checks.append(
+            claims.check_at_least(
+                "L.bwn_vs_wn",
+                PAPER,
+                f"bounded weight normalization is no worse than weight normalization (test "
+                f"accuracy at least WN's minus {ACC_MARGIN:.0%})",
+                accuracy(measured, "wn") - ACC_MARGIN,
+                accuracy(measured, "bwn"),
+                source="paper",
+            )
+        )
     dtype = config["lowp_dtype"]
     for norm, source, who in (("l1bn", "paper", "L1"), ("bn", "derived", "L2")):
         if norm in config["lowp_norms"] and norm in norms:
-            checks.append(claims.check_at_least(
-                f"L.lowp_{norm}", PAPER, f"{who} batch norm in {dtype} autocast trains as well as in float32 (test "
-                f"accuracy at least float32's minus {ACC_MARGIN:.0%})", accuracy(measured, norm) - ACC_MARGIN,
-                accuracy(measured, norm, dtype), source=source))
+            checks.append(
+                claims.check_at_least(
+                    f"L.lowp_{norm}",
+                    PAPER,
+                    f"{who} batch norm in {dtype} autocast trains as well as in float32 (test "
+                    f"accuracy at least float32's minus {ACC_MARGIN:.0%})",
+                    accuracy(measured, norm) - ACC_MARGIN,
+                    accuracy(measured, norm, dtype),
+                    source=source,
+                )
+            )
     return checks
 
 
@@ -464,15 +631,19 @@ class LpBatchNorm(Experiment):
         """:func:`measure_all`: the training runs go to ``executor``, cached one by one."""
         return measure_all(config, executor, cache)
 
-    def predict(self, config: Config, measured: dict[str, pd.DataFrame], *, theory: Any = default_theory
-                ) -> Predictions:
+    def predict(
+        self, config: Config, measured: dict[str, pd.DataFrame], *, theory: Any = default_theory
+    ) -> Predictions:
         """``constants`` (:func:`constants_table`: the derived ratio at every measured n) and ``overflow``
         (:func:`overflow_table`: the predicted float16 overflow sizes at every sigma)."""
-        return {"constants": constants_table(config, measured, theory),
-                "overflow": overflow_table(config, measured, theory)}
+        return {
+            "constants": constants_table(config, measured, theory),
+            "overflow": overflow_table(config, measured, theory),
+        }
 
-    def check(self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
-              ) -> list[claims.ClaimCheck]:
+    def check(
+        self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
+    ) -> list[claims.ClaimCheck]:
         """:func:`check_claims`."""
         return check_claims(config, measured, predicted)
 

@@ -106,13 +106,18 @@ class Experiment(abc.ABC):
         """What the page states about its verdicts: ``checks`` and ``reproduced`` (counts), ``not_reproduced``
         (their ids), ``verdict`` (one sentence, Markdown) and ``measured`` (every row's measured value by id)."""
         failed = [c.id for c in checks if not c.passed]
-        return {"checks": len(checks), "reproduced": len(checks) - len(failed), "not_reproduced": failed,
-                "verdict": claims.verdict_sentence(checks), "measured": {c.id: c.measured for c in checks}}
+        return {
+            "checks": len(checks),
+            "reproduced": len(checks) - len(failed),
+            "not_reproduced": failed,
+            "verdict": claims.verdict_sentence(checks),
+            "measured": {c.id: c.measured for c in checks},
+        }
 
-    def evaluate(self, config: Mapping[str, Any], *, executor: Any = None, cache: bool = True,
-                 theory: Any = default_theory) -> list[claims.ClaimCheck]:
+    def evaluate(
+        self, config: Mapping[str, Any], *, executor: Any = None, cache: bool = True, theory: Any = default_theory
+    ) -> list[claims.ClaimCheck]:
         """Measure, predict and check: every claim of this chapter at ``config``."""
         config = self._config(config)
         measured = self.measure(config, executor=executor, cache=cache)
         return self.check(config, measured, self.predict(config, measured, theory=theory))
-

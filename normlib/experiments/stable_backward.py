@@ -59,41 +59,88 @@ def _check_in_sizes(config: Mapping[str, Any]) -> None:
 
 
 OWN_PARAMS = (
-    Param("group_sizes", "int_list", "GroupNorm channels per group (1: InstanceNorm, the width: LayerNorm); each "
-          "must divide the width", minimum=1),
+    Param(
+        "group_sizes",
+        "int_list",
+        "GroupNorm channels per group (1: InstanceNorm, the width: LayerNorm); each must divide the width",
+        minimum=1,
+    ),
     Param("norms", "str_list", "other normalizers measured at initialization", choices=EXTRAS),
     Param("width", "int", "channels of every conv layer (the paper's cfg_uniform: 64)", minimum=1),
-    Param("depth", "int", "conv layers of the network at initialization (the fit leaves out the first and the "
-          "last two, so at least 5)", minimum=SKIP_FIRST + SKIP_LAST + 2),
+    Param(
+        "depth",
+        "int",
+        "conv layers of the network at initialization (the fit leaves out the first and the last two, so at least 5)",
+        minimum=SKIP_FIRST + SKIP_LAST + 2,
+    ),
     Param("batch_size", "int", "images per batch at initialization (the training grid uses batch_sizes)", minimum=2),
     Param("image_size", "int", "height and width of the Gaussian images at initialization", minimum=2),
-    Param("in_sizes", "int_list", "map sizes for InstanceNorm's size dependence (n = size^2 positions, > 3)",
-          minimum=2),
+    Param(
+        "in_sizes", "int_list", "map sizes for InstanceNorm's size dependence (n = size^2 positions, > 3)", minimum=2
+    ),
     Param("repeats", "int", "independent initializations", minimum=1),
-    Param("learning_rates", "float_list", "base learning rates of the training grid (the step size at batch 256, "
-          "as the paper's 0.1 x init_lr)", minimum=0),
+    Param(
+        "learning_rates",
+        "float_list",
+        "base learning rates of the training grid (the step size at batch 256, as the paper's 0.1 x init_lr)",
+        minimum=0,
+    ),
     Param("batch_sizes", "int_list", "batch sizes of the training grid", minimum=2),
     Param("train_depth", "int", "conv layers of the trained network", minimum=1),
-    Param("train_stem_stride", "int", "stride of the trained network's first conv (2 makes the book's CPU run fast)",
-          choices=None, minimum=1, maximum=2),
+    Param(
+        "train_stem_stride",
+        "int",
+        "stride of the trained network's first conv (2 makes the book's CPU run fast)",
+        choices=None,
+        minimum=1,
+        maximum=2,
+    ),
 )
 
-BOOK = {"group_sizes": [1, 4, 16, 64], "norms": list(EXTRAS), "width": 64, "depth": 12, "batch_size": 16,
-        "image_size": 16, "in_sizes": [2, 4, 8, 16], "repeats": 2, "learning_rates": [0.005, 0.02, 0.1],
-        "batch_sizes": [32], "train_depth": 5, "train_stem_stride": 2,
-        "subset": 1024, "test_subset": 1000, "epochs": 1}
-PAPER_VALUES = {"group_sizes": [1, 2, 4, 8, 16, 32, 64], "norms": list(EXTRAS), "width": 64, "depth": 20,
-                "batch_size": 256, "image_size": 32, "in_sizes": [2, 4, 8, 16, 32], "repeats": 5,
-                "learning_rates": [0.05, 0.1, 0.2], "batch_sizes": [256, 16], "train_depth": 10,
-                "train_stem_stride": 1}
+BOOK = {
+    "group_sizes": [1, 4, 16, 64],
+    "norms": list(EXTRAS),
+    "width": 64,
+    "depth": 12,
+    "batch_size": 16,
+    "image_size": 16,
+    "in_sizes": [2, 4, 8, 16],
+    "repeats": 2,
+    "learning_rates": [0.005, 0.02, 0.1],
+    "batch_sizes": [32],
+    "train_depth": 5,
+    "train_stem_stride": 2,
+    "subset": 1024,
+    "test_subset": 1000,
+    "epochs": 1,
+}
+PAPER_VALUES = {
+    "group_sizes": [1, 2, 4, 8, 16, 32, 64],
+    "norms": list(EXTRAS),
+    "width": 64,
+    "depth": 20,
+    "batch_size": 256,
+    "image_size": 32,
+    "in_sizes": [2, 4, 8, 16, 32],
+    "repeats": 5,
+    "learning_rates": [0.05, 0.1, 0.2],
+    "batch_sizes": [256, 16],
+    "train_depth": 10,
+    "train_stem_stride": 1,
+}
 
-SPEC = presets.training_spec(extra_params=OWN_PARAMS, book=BOOK, paper=PAPER_VALUES,
-                             checks=(shared_checks.divisors_of_width, _check_positive, _check_in_sizes))
+SPEC = presets.training_spec(
+    extra_params=OWN_PARAMS,
+    book=BOOK,
+    paper=PAPER_VALUES,
+    checks=(shared_checks.divisors_of_width, _check_positive, _check_in_sizes),
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # At initialization
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def init_runs(config: Mapping[str, Any]) -> list[tuple[str, int | None]]:
     """The (normalizer, group size) pairs measured at initialization: GroupNorm at each size, then the extras."""
@@ -105,14 +152,24 @@ def run_label(norm: str, group_size: int | None) -> str:
     return f"gn{group_size}" if norm == "gn" else norm
 
 
-def grad_norms(norm: str, group_size: int | None, *, depth: int, width: int, batch_size: int, image_size: int,
-               seed: int, device: torch.device | str = "cpu") -> np.ndarray:
+def grad_norms(
+    norm: str,
+    group_size: int | None,
+    *,
+    depth: int,
+    width: int,
+    batch_size: int,
+    image_size: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
     """:math:`\\lVert\\partial\\mathcal L/\\partial z_l\\rVert` at every conv output of a fresh
     ``make_cnn(cfg="uniform")`` on one batch of Gaussian images with random labels (training mode)."""
     torch.manual_seed(seed)
     opts = {"group_size": group_size} if norm == "gn" else {}
-    model = models.make_cnn("uniform", norm=norm, depth=depth, width=width, in_channels=3,
-                            num_classes=INIT_CLASSES, **opts).to(device)
+    model = models.make_cnn(
+        "uniform", norm=norm, depth=depth, width=width, in_channels=3, num_classes=INIT_CLASSES, **opts
+    ).to(device)
     model.train()
     generator = torch.Generator().manual_seed(seed + 1)
     images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
@@ -126,16 +183,50 @@ def _init_frame(config: Mapping[str, Any], device: torch.device) -> pd.DataFrame
     for repeat in range(config["repeats"]):
         seed = derive_seed(config["seed"], repeat)
         for norm, g in init_runs(config):
-            norms = grad_norms(norm, g, depth=config["depth"], width=config["width"],
-                               batch_size=config["batch_size"], image_size=config["image_size"], seed=seed,
-                               device=device)
-            rows += [{"run": run_label(norm, g), "norm": norm, "group_size": g, "repeat": repeat, "layer": i + 1,
-                      "grad_norm": float(v)} for i, v in enumerate(norms)]
+            norms = grad_norms(
+                norm,
+                g,
+                depth=config["depth"],
+                width=config["width"],
+                batch_size=config["batch_size"],
+                image_size=config["image_size"],
+                seed=seed,
+                device=device,
+            )
+            rows += [
+                {
+                    "run": run_label(norm, g),
+                    "norm": norm,
+                    "group_size": g,
+                    "repeat": repeat,
+                    "layer": i + 1,
+                    "grad_norm": float(v),
+                }
+                for i, v in enumerate(norms)
+            ]
         for size in config["in_sizes"]:
-            norms = grad_norms("gn", 1, depth=config["depth"], width=config["width"],
-                               batch_size=config["batch_size"], image_size=size, seed=seed, device=device)
-            rows += [{"run": f"in@{size}", "norm": "in", "group_size": 1, "repeat": repeat, "layer": i + 1,
-                      "grad_norm": float(v), "image_size": size} for i, v in enumerate(norms)]
+            norms = grad_norms(
+                "gn",
+                1,
+                depth=config["depth"],
+                width=config["width"],
+                batch_size=config["batch_size"],
+                image_size=size,
+                seed=seed,
+                device=device,
+            )
+            rows += [
+                {
+                    "run": f"in@{size}",
+                    "norm": "in",
+                    "group_size": 1,
+                    "repeat": repeat,
+                    "layer": i + 1,
+                    "grad_norm": float(v),
+                    "image_size": size,
+                }
+                for i, v in enumerate(norms)
+            ]
     frame = pd.DataFrame(rows)
     frame["image_size"] = frame["image_size"].fillna(config["image_size"]).astype(int)
     return frame
@@ -145,6 +236,7 @@ def _init_frame(config: Mapping[str, Any], device: torch.device) -> pd.DataFrame
 # Training
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def train_cfg(config: Mapping[str, Any]) -> list:
     """The trained network's ``make_cnn`` cfg: ``train_depth`` convs of ``width``, the first with
     ``train_stem_stride``."""
@@ -152,18 +244,23 @@ def train_cfg(config: Mapping[str, Any]) -> list:
     return [first] + [config["width"]] * (config["train_depth"] - 1)
 
 
-def train_point(group_size: int, lr: float, batch_size: int, cfg: list, dataset: dict[str, Any],
-                train: dict[str, Any]) -> dict[str, Any]:
+def train_point(
+    group_size: int, lr: float, batch_size: int, cfg: list, dataset: dict[str, Any], train: dict[str, Any]
+) -> dict[str, Any]:
     """One training run of the grid (module level, so that :func:`normlib.sweep.sweep` can send it to workers):
     GroupNorm with ``group_size``, base rate ``lr``, ``batch_size``. Returns the loss curve and the outcome."""
     result = train_model("cnn", {"cfg": cfg, "norm": "gn", "group_size": group_size}, dataset, train)
     history = result.history
     losses = history["loss"].to_numpy(dtype=float)
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"diverged": bool(result.diverged), "diverged_step": result.diverged_step,
-            "final_loss": float("nan") if result.diverged else float(np.mean(tail)),
-            "test_accuracy": float(result.test_accuracy), "steps": int(len(losses)),
-            "loss": [float(v) for v in losses]}
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "diverged": bool(result.diverged),
+        "diverged_step": result.diverged_step,
+        "final_loss": float("nan") if result.diverged else float(np.mean(tail)),
+        "test_accuracy": float(result.test_accuracy),
+        "steps": int(len(losses)),
+        "loss": [float(v) for v in losses],
+    }
 
 
 def training_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -175,14 +272,23 @@ def training_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
         for g in config["group_sizes"]:
             for lr in config["learning_rates"]:
                 tc = presets.train_config(config, batch_size=bs, lr=lr, progress=False).to_dict()
-                points.append({"group_size": g, "lr": lr, "batch_size": bs, "cfg": cfg,
-                               "dataset": presets.dataset_options(config), "train": tc})
+                points.append(
+                    {
+                        "group_size": g,
+                        "lr": lr,
+                        "batch_size": bs,
+                        "cfg": cfg,
+                        "dataset": presets.dataset_options(config),
+                        "train": tc,
+                    }
+                )
     return points
 
 
 def _train_frame(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
-    swept = sweep(train_point, training_grid(config), executor=executor, cache=cache, progress=False,
-                  desc="training grid")
+    swept = sweep(
+        train_point, training_grid(config), executor=executor, cache=cache, progress=False, desc="training grid"
+    )
     outcome = pd.DataFrame(list(swept["result"]))
     return pd.concat([swept[["group_size", "lr", "batch_size"]].reset_index(drop=True), outcome], axis=1)
 
@@ -199,14 +305,21 @@ def measure_all(config: Mapping[str, Any], executor: Any = None, cache: bool = T
 # Theory and the comparison
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def measured_factors(measured: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """The fitted growth factor of every initialization run and repeat (``run, repeat, image_size, factor``)."""
     init = measured["init"]
     rows = []
     for (run, repeat, size), rows_ in init.groupby(["run", "repeat", "image_size"], sort=False):
         curve = rows_.sort_values("layer")["grad_norm"].to_numpy()
-        rows.append({"run": run, "repeat": repeat, "image_size": size,
-                     "factor": default_theory.fit_growth_factor(curve, SKIP_FIRST, SKIP_LAST)})
+        rows.append(
+            {
+                "run": run,
+                "repeat": repeat,
+                "image_size": size,
+                "factor": default_theory.fit_growth_factor(curve, SKIP_FIRST, SKIP_LAST),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -222,8 +335,10 @@ def predict_group(config: Mapping[str, Any], group_size: int, theory: Any = defa
     :math:`\\pi G/(\\pi G-1)` of papers.md §1.7 (``bound``) and the mean-field model with :math:`\\kappa(G)` from
     its fixed point (``mean_field``), at this configuration's map size. Nothing is fitted to a measurement."""
     n = group_size * config["image_size"] ** 2
-    return {"bound": theory.group_growth_factor(group_size, theory.IN_KAPPA),
-            "mean_field": theory.mean_field_growth_factor(group_size, n, seed=config["seed"])}
+    return {
+        "bound": theory.group_growth_factor(group_size, theory.IN_KAPPA),
+        "mean_field": theory.mean_field_growth_factor(group_size, n, seed=config["seed"]),
+    }
 
 
 def predict_bn(config: Mapping[str, Any], theory: Any = default_theory) -> float:
@@ -262,15 +377,23 @@ class StableBackward(Experiment):
         are :func:`predict_group`."""
         return {"C.bn": predict_bn(config, theory), "C.order": -1.0, "C.diverge": 1.0}
 
-    def check(self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
-              ) -> list[claims.ClaimCheck]:
+    def check(
+        self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
+    ) -> list[claims.ClaimCheck]:
         """C.bn (measured vs Yang et al.'s factor), C.order (Spearman correlation of factor and group size,
         predicted -1, passes when negative), C.diverge (the smallest group diverges at the highest learning rate,
         the largest does not)."""
-        checks = [claims.check_close(
-            "C.bn", "Yang et al. 2019",
-            "BatchNorm multiplies the squared gradient norm by pi/(pi-1) per layer at initialization",
-            predicted["C.bn"], measured_factor(measured, "bn"), rel_tol=BN_REL_TOL, source="paper")]
+        checks = [
+            claims.check_close(
+                "C.bn",
+                "Yang et al. 2019",
+                "BatchNorm multiplies the squared gradient norm by pi/(pi-1) per layer at initialization",
+                predicted["C.bn"],
+                measured_factor(measured, "bn"),
+                rel_tol=BN_REL_TOL,
+                source="paper",
+            )
+        ]
 
         sizes = sorted(config["group_sizes"])
         factors = [measured_factor(measured, run_label("gn", g)) for g in sizes]
@@ -278,20 +401,35 @@ class StableBackward(Experiment):
             rho = float(spearmanr(sizes, factors).statistic)
         else:
             rho = float("nan")
-        checks.append(claims.check_true(
-            "C.order", PAPER, "the gradient growth factor falls as the group grows (Spearman rank correlation)",
-            predicted["C.order"], rho, bool(np.isfinite(rho) and rho < 0), "rho < 0"))
+        checks.append(
+            claims.check_true(
+                "C.order",
+                PAPER,
+                "the gradient growth factor falls as the group grows (Spearman rank correlation)",
+                predicted["C.order"],
+                rho,
+                bool(np.isfinite(rho) and rho < 0),
+                "rho < 0",
+            )
+        )
 
         train = measured["train"]
         top = max(config["learning_rates"])
         at_top = train[train.lr == top]
         small = bool(at_top[at_top.group_size == min(sizes)]["diverged"].any())
         large = bool(at_top[at_top.group_size == max(sizes)]["diverged"].any())
-        checks.append(claims.check_true(
-            "C.diverge", PAPER,
-            f"at the highest learning rate ({top:g}) the smallest group ({min(sizes)}) diverges and the largest "
-            f"({max(sizes)}) does not", predicted["C.diverge"], float(small and not large), small and not large,
-            "smallest diverged, largest not"))
+        checks.append(
+            claims.check_true(
+                "C.diverge",
+                PAPER,
+                f"at the highest learning rate ({top:g}) the smallest group ({min(sizes)}) diverges and the largest "
+                f"({max(sizes)}) does not",
+                predicted["C.diverge"],
+                float(small and not large),
+                small and not large,
+                "smallest diverged, largest not",
+            )
+        )
         return checks
 
 

@@ -54,8 +54,12 @@ SPEC = ParamSpec(
         Param("depth", "int", "ResNet depth 6n+2 (27 blocks at 56)", minimum=8),
         Param("widths", "int_list", "widths of the three stages", minimum=1),
         Param("block", "str", "post-activation (the paper's ResNet) or pre-activation blocks", choices=("post", "pre")),
-        Param("group_size", "optional_int", "group size of GroupNorm and EvoNorm-S0 (None: 32 groups, as the paper)",
-              minimum=1),
+        Param(
+            "group_size",
+            "optional_int",
+            "group size of GroupNorm and EvoNorm-S0 (None: 32 groups, as the paper)",
+            minimum=1,
+        ),
         Param("batch_size", "int", "images per batch", minimum=2),
         Param("image_size", "int", "height and width of the input images", minimum=8),
         Param("repeats", "int", "independent initializations", minimum=1),
@@ -64,16 +68,42 @@ SPEC = ParamSpec(
         Param("device", "str", "cpu, cuda or auto (CUDA when present)", choices=("cpu", "cuda", "auto")),
     ),
     presets={
-        "book": {"norms": list(layers.NORM_NAMES), "variants": list(VARIANTS), "depth": 56, "widths": [32, 64, 128],
-                 "block": "post", "group_size": None, "batch_size": 16, "image_size": 8, "repeats": 2, "alpha": 0.2,
-                 "seed": 0, "device": "cpu"},
-        "paper": {"norms": list(layers.NORM_NAMES), "variants": list(VARIANTS), "depth": 56, "widths": [32, 64, 128],
-                  "block": "post", "group_size": None, "batch_size": 256, "image_size": 32, "repeats": 5,
-                  "alpha": 0.2, "seed": 0, "device": "auto"},
+        "book": {
+            "norms": list(layers.NORM_NAMES),
+            "variants": list(VARIANTS),
+            "depth": 56,
+            "widths": [32, 64, 128],
+            "block": "post",
+            "group_size": None,
+            "batch_size": 16,
+            "image_size": 8,
+            "repeats": 2,
+            "alpha": 0.2,
+            "seed": 0,
+            "device": "cpu",
+        },
+        "paper": {
+            "norms": list(layers.NORM_NAMES),
+            "variants": list(VARIANTS),
+            "depth": 56,
+            "widths": [32, 64, 128],
+            "block": "post",
+            "group_size": None,
+            "batch_size": 256,
+            "image_size": 32,
+            "repeats": 5,
+            "alpha": 0.2,
+            "seed": 0,
+            "device": "auto",
+        },
     },
-    checks=(lambda config: shared_checks.registered_norms(config, "norms"), shared_checks.resnet_depth,
-            shared_checks.resnet_widths, _check_groups,
-            shared_checks.device_available),
+    checks=(
+        lambda config: shared_checks.registered_norms(config, "norms"),
+        shared_checks.resnet_depth,
+        shared_checks.resnet_widths,
+        _check_groups,
+        shared_checks.device_available,
+    ),
 )
 
 
@@ -86,8 +116,12 @@ def norm_options(norm: str, config: Mapping[str, Any]) -> dict[str, Any]:
 
 def runs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (normalizer, variant) pairs measured; the NF remedy only for the parametric ones and ``none``."""
-    return [(norm, variant) for norm in config["norms"] for variant in config["variants"]
-            if variant != "nf" or layers.norm_info(norm).family != "activation"]
+    return [
+        (norm, variant)
+        for norm in config["norms"]
+        for variant in config["variants"]
+        if variant != "nf" or layers.norm_info(norm).family != "activation"
+    ]
 
 
 def transition_blocks(depth: int) -> tuple[int, int]:
@@ -100,9 +134,15 @@ def _measure_one(config: Mapping[str, Any], norm: str, variant: str, repeat: int
     seed = derive_seed(config["seed"], repeat)
     torch.manual_seed(seed)
     model = models.make_resnet(
-        depth=config["depth"], widths=tuple(config["widths"]), norm=norm,
-        block="pre" if variant == "nf" else config["block"], skipinit=variant == "skipinit",
-        remedy="nf" if variant == "nf" else None, alpha=config["alpha"], in_channels=3, num_classes=100,
+        depth=config["depth"],
+        widths=tuple(config["widths"]),
+        norm=norm,
+        block="pre" if variant == "nf" else config["block"],
+        skipinit=variant == "skipinit",
+        remedy="nf" if variant == "nf" else None,
+        alpha=config["alpha"],
+        in_channels=3,
+        num_classes=100,
         **norm_options(norm, config),
     ).to(device)
     model.train()
@@ -120,8 +160,10 @@ def measure_streams(config: Mapping[str, Any]) -> pd.DataFrame:
     ``norm, variant, repeat, block, point, metric, value`` (block 0 is the stem output)."""
     device = resolve_device(config["device"])
     jobs = [(norm, variant, repeat) for repeat in range(config["repeats"]) for norm, variant in runs(config)]
-    frames = [_measure_one(config, norm, variant, repeat, device)
-              for norm, variant, repeat in tqdm(jobs, desc="ResNets at initialization")]
+    frames = [
+        _measure_one(config, norm, variant, repeat, device)
+        for norm, variant, repeat in tqdm(jobs, desc="ResNets at initialization")
+    ]
     columns = ["norm", "variant", "repeat", "block", "point", "metric", "value"]
     return pd.concat(frames, ignore_index=True)[columns]
 
@@ -173,7 +215,8 @@ def predict_stream(config: Mapping[str, Any], norm: str, variant: str, theory: A
     """
     blocks = 3 * ((config["depth"] - 2) // 6)
     return theory.mean_field_stream(
-        stream_unit(norm, theory), blocks,
+        stream_unit(norm, theory),
+        blocks,
         block="pre" if variant == "nf" else config["block"],
         skip_gain=0.0 if variant == "skipinit" else 1.0,
         reset_blocks=transition_blocks(config["depth"]),
@@ -235,8 +278,16 @@ class StableForward(Experiment):
             kind = "nf" if variant == "nf" else law(norm, variant)
             statement = _STATEMENTS[kind].format(title=layers.norm_info(norm).title)
             observed = growth(config, mean_curve(measured, norm, variant))
-            checks.append(claims.check_close(claim_id(norm, variant), PAPER, statement,
-                                             predicted[claim_id(norm, variant)], observed, rel_tol=GROWTH_REL_TOL))
+            checks.append(
+                claims.check_close(
+                    claim_id(norm, variant),
+                    PAPER,
+                    statement,
+                    predicted[claim_id(norm, variant)],
+                    observed,
+                    rel_tol=GROWTH_REL_TOL,
+                )
+            )
         return checks
 
 

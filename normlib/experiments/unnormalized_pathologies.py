@@ -47,56 +47,104 @@ BASELINE = "none"
 def _check_layer(config: Mapping[str, Any]) -> None:
     layer, count = config["gradient_layer"], num_convs(config["depth"])
     if layer is not None and not 1 <= layer <= count:
-        raise ParameterError(f"parameter 'gradient_layer': invalid value {layer!r}; allowed: None (the middle one) "
-                             f"or a convolution index from 1 to {count} of the depth-{config['depth']} ResNet")
+        raise ParameterError(
+            f"parameter 'gradient_layer': invalid value {layer!r}; allowed: None (the middle one) "
+            f"or a convolution index from 1 to {count} of the depth-{config['depth']} ResNet"
+        )
 
 
 def _check_factors(config: Mapping[str, Any]) -> None:
     if len(set(config["rmt_factors"])) != len(config["rmt_factors"]):
-        raise ParameterError(f"parameter 'rmt_factors': duplicate entries in {config['rmt_factors']!r}; allowed: "
-                             "distinct numbers of factors >= 1")
+        raise ParameterError(
+            f"parameter 'rmt_factors': duplicate entries in {config['rmt_factors']!r}; allowed: "
+            "distinct numbers of factors >= 1"
+        )
     if len(config["linear_depths"]) < 2:
-        raise ParameterError(f"parameter 'linear_depths': invalid value {config['linear_depths']!r}; allowed: at "
-                             "least two depths (the growth rate is a slope)")
+        raise ParameterError(
+            f"parameter 'linear_depths': invalid value {config['linear_depths']!r}; allowed: at "
+            "least two depths (the growth rate is a slope)"
+        )
 
 
 SPEC = ParamSpec(
     params=(
-        Param("norm", "str", f"the normalizer compared with none: {', '.join(layers.NORM_NAMES[:-1])} or one you "
-              "registered (the paper: bn)"),
+        Param(
+            "norm",
+            "str",
+            f"the normalizer compared with none: {', '.join(layers.NORM_NAMES[:-1])} or one you "
+            "registered (the paper: bn)",
+        ),
         Param("depth", "int", "ResNet depth 6n+2 (the paper: 110)", minimum=8),
         Param("widths", "int_list", "widths of the three stages (the paper: 16, 32, 64)", minimum=1),
-        Param("dataset", "str", "images the network sees (synthetic: Gaussian images, for tests)",
-              choices=data.DATASETS),
+        Param(
+            "dataset", "str", "images the network sees (synthetic: Gaussian images, for tests)", choices=data.DATASETS
+        ),
         Param("batch_size", "int", "images in the batch (the paper's Fig. 6: 128)", minimum=2),
         Param("repeats", "int", "independent initializations (and batches)", minimum=1),
-        Param("gradient_layer", "optional_int", "convolution whose weight gradient is shown (None: the middle one)",
-              minimum=1),
+        Param(
+            "gradient_layer",
+            "optional_int",
+            "convolution whose weight gradient is shown (None: the middle one)",
+            minimum=1,
+        ),
         Param("rmt_width", "int", "N of the N x N Gaussian matrices", minimum=2),
-        Param("rmt_factors", "int_list", "numbers M of matrices multiplied (the paper's Fig. 7: 1, 3, 5)",
-              minimum=1),
+        Param("rmt_factors", "int_list", "numbers M of matrices multiplied (the paper's Fig. 7: 1, 3, 5)", minimum=1),
         Param("rmt_trials", "int", "independent products per M", minimum=1),
-        Param("linear_width", "int", "width of the deep linear networks whose condition number is measured",
-              minimum=2),
-        Param("linear_depths", "int_list", "depths of the deep linear networks (keep the condition number below "
-              "~1e12: float64 resolves no more)", minimum=1),
+        Param("linear_width", "int", "width of the deep linear networks whose condition number is measured", minimum=2),
+        Param(
+            "linear_depths",
+            "int_list",
+            "depths of the deep linear networks (keep the condition number below ~1e12: float64 resolves no more)",
+            minimum=1,
+        ),
         Param("linear_trials", "int", "deep linear networks per depth", minimum=1),
         Param("seed", "int", "base random seed", minimum=0),
         Param("device", "str", "cpu, cuda or auto (CUDA when present)", choices=DEVICES),
     ),
     presets={
-        "book": {"norm": "bn", "depth": 110, "widths": [16, 32, 64], "dataset": "fashion-mnist", "batch_size": 64,
-                 "repeats": 2, "gradient_layer": None, "rmt_width": 512, "rmt_factors": [1, 3, 5],
-                 "rmt_trials": 3, "linear_width": 32, "linear_depths": [1, 2, 3, 4, 5, 6, 7, 8],
-                 "linear_trials": 200, "seed": 0, "device": "cpu"},
-        "paper": {"norm": "bn", "depth": 110, "widths": [16, 32, 64], "dataset": "cifar10", "batch_size": 128,
-                  "repeats": 5, "gradient_layer": None, "rmt_width": 1000, "rmt_factors": [1, 3, 5],
-                  "rmt_trials": 10, "linear_width": 32, "linear_depths": [1, 2, 3, 4, 5, 6, 7, 8],
-                  "linear_trials": 1000, "seed": 0, "device": "auto"},
+        "book": {
+            "norm": "bn",
+            "depth": 110,
+            "widths": [16, 32, 64],
+            "dataset": "fashion-mnist",
+            "batch_size": 64,
+            "repeats": 2,
+            "gradient_layer": None,
+            "rmt_width": 512,
+            "rmt_factors": [1, 3, 5],
+            "rmt_trials": 3,
+            "linear_width": 32,
+            "linear_depths": [1, 2, 3, 4, 5, 6, 7, 8],
+            "linear_trials": 200,
+            "seed": 0,
+            "device": "cpu",
+        },
+        "paper": {
+            "norm": "bn",
+            "depth": 110,
+            "widths": [16, 32, 64],
+            "dataset": "cifar10",
+            "batch_size": 128,
+            "repeats": 5,
+            "gradient_layer": None,
+            "rmt_width": 1000,
+            "rmt_factors": [1, 3, 5],
+            "rmt_trials": 10,
+            "linear_width": 32,
+            "linear_depths": [1, 2, 3, 4, 5, 6, 7, 8],
+            "linear_trials": 1000,
+            "seed": 0,
+            "device": "auto",
+        },
     },
-    checks=(shared_checks.normalizer_against_none, shared_checks.resnet_depth, shared_checks.resnet_widths,
-            _check_layer, _check_factors,
-            shared_checks.device_available),
+    checks=(
+        shared_checks.normalizer_against_none,
+        shared_checks.resnet_depth,
+        shared_checks.resnet_widths,
+        _check_layer,
+        _check_factors,
+        shared_checks.device_available,
+    ),
 )
 
 
@@ -115,10 +163,12 @@ def gradient_layer(config: Mapping[str, Any]) -> int:
 # Measurements
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _batch(config: Mapping[str, Any], repeat: int) -> data.Dataset:
     """A class-balanced batch of training images, a different one per repeat."""
-    return data.load_dataset(config["dataset"], "train", subset=config["batch_size"],
-                             seed=derive_seed(config["seed"], repeat, 1))
+    return data.load_dataset(
+        config["dataset"], "train", subset=config["batch_size"], seed=derive_seed(config["seed"], repeat, 1)
+    )
 
 
 def _channel_stats(x: torch.Tensor) -> dict[str, float]:
@@ -129,21 +179,32 @@ def _channel_stats(x: torch.Tensor) -> dict[str, float]:
     return dict(zip(("abs_mean", "std", "second_moment"), summary))
 
 
-def network_at_init(config: Mapping[str, Any], norm: str, repeat: int, device: torch.device
-                    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+def network_at_init(
+    config: Mapping[str, Any], norm: str, repeat: int, device: torch.device
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
     """One initialization with ``norm``: (stream statistics per block, the recorded layer's weight gradient as a
     flat array, :math:`\\partial\\mathcal L/\\partial z` as a ``(batch, classes)`` array, the predicted class
     of each image)."""
     batch = _batch(config, repeat)
     torch.manual_seed(derive_seed(config["seed"], repeat))
-    model = models.make_resnet(depth=config["depth"], widths=tuple(config["widths"]), norm=norm, block="post",
-                               in_channels=batch.channels, num_classes=batch.num_classes).to(device)
+    model = models.make_resnet(
+        depth=config["depth"],
+        widths=tuple(config["widths"]),
+        norm=norm,
+        block="post",
+        in_channels=batch.channels,
+        num_classes=batch.num_classes,
+    ).to(device)
     model.train()
     stats: list[dict[str, Any]] = []
-    hooks = [module.register_forward_hook(
-        lambda _m, _i, out, block=block, name=name: stats.append({"block": block, "point": name,
-                                                                  **_channel_stats(out)}))
-        for block, (name, module) in enumerate(model.probe_points())]
+    hooks = [
+        module.register_forward_hook(
+            lambda _m, _i, out, block=block, name=name: stats.append(
+                {"block": block, "point": name, **_channel_stats(out)}
+            )
+        )
+        for block, (name, module) in enumerate(model.probe_points())
+    ]
     try:
         logits = model(batch.images.to(device))
     finally:
@@ -153,8 +214,12 @@ def network_at_init(config: Mapping[str, Any], norm: str, repeat: int, device: t
     F.cross_entropy(logits, batch.labels.to(device)).backward()
     weight = model.conv_points()[gradient_layer(config) - 1][1].weight
     frame = pd.DataFrame(stats).assign(norm=norm, repeat=repeat)
-    return (frame, weight.grad.detach().double().cpu().numpy().ravel(), logits.grad.detach().double().cpu().numpy(),
-            logits.detach().argmax(dim=1).cpu().numpy())
+    return (
+        frame,
+        weight.grad.detach().double().cpu().numpy().ravel(),
+        logits.grad.detach().double().cpu().numpy(),
+        logits.detach().argmax(dim=1).cpu().numpy(),
+    )
 
 
 def product_singular_values(num_factors: int, width: int, generator: np.random.Generator) -> np.ndarray:
@@ -197,17 +262,31 @@ def measure_all(config: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
             streams.append(frame)
             grads.append(pd.DataFrame({"norm": norm, "repeat": repeat, "gradient": grad}))
             rows, cols = np.indices(logit_grad.shape)
-            logit_grads.append(pd.DataFrame({"norm": norm, "repeat": repeat, "image": rows.ravel(),
-                                             "cls": cols.ravel(), "gradient": logit_grad.ravel(),
-                                             "predicted": predicted[rows.ravel()]}))
-    return {"stream": pd.concat(streams, ignore_index=True), "gradients": pd.concat(grads, ignore_index=True),
-            "logit_gradients": pd.concat(logit_grads, ignore_index=True),
-            "singular_values": _random_matrices(config), "condition": _linear_networks(config)}
+            logit_grads.append(
+                pd.DataFrame(
+                    {
+                        "norm": norm,
+                        "repeat": repeat,
+                        "image": rows.ravel(),
+                        "cls": cols.ravel(),
+                        "gradient": logit_grad.ravel(),
+                        "predicted": predicted[rows.ravel()],
+                    }
+                )
+            )
+    return {
+        "stream": pd.concat(streams, ignore_index=True),
+        "gradients": pd.concat(grads, ignore_index=True),
+        "logit_gradients": pd.concat(logit_grads, ignore_index=True),
+        "singular_values": _random_matrices(config),
+        "condition": _linear_networks(config),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Predictions and summaries
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def image_size(config: Mapping[str, Any]) -> int:
     """Height (= width) of the dataset's images."""
@@ -238,8 +317,13 @@ def gradient_summary(measured: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for norm, frame in measured["gradients"].groupby("norm", sort=False):
         values = frame["gradient"].to_numpy()
-        rows.append({"norm": norm, "rms": float(np.sqrt(np.mean(values**2))),
-                     "excess_kurtosis": float(kurtosis(values, fisher=True))})
+        rows.append(
+            {
+                "norm": norm,
+                "rms": float(np.sqrt(np.mean(values**2))),
+                "excess_kurtosis": float(kurtosis(values, fisher=True)),
+            }
+        )
     return pd.DataFrame(rows).set_index("norm")
 
 
@@ -260,8 +344,9 @@ def largest_singular_values(measured: dict[str, pd.DataFrame]) -> pd.Series:
     return values.groupby(["factors", "trial"])["singular_value"].max().groupby("factors").mean()
 
 
-def ks_distance(measured: dict[str, pd.DataFrame], num_factors: int,
-                cdf_of: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
+def ks_distance(
+    measured: dict[str, pd.DataFrame], num_factors: int, cdf_of: Callable[[np.ndarray], np.ndarray] | None = None
+) -> float:
     """Kolmogorov–Smirnov distance between the squared singular values (pooled over trials) and a law given by its
     CDF ``cdf_of`` (default: the Fuss–Catalan law :func:`normlib.theory.fuss_catalan_cdf` of ``num_factors``)."""
     values = measured["singular_values"]
@@ -320,16 +405,19 @@ class UnnormalizedPathologies(Experiment):
         the law ``law_M`` (a CDF), and ``R.condition``, the Lyapunov rate."""
         streams = {which: predict_stream(config, which, theory) for which in (BASELINE, config["norm"])}
         predicted: Predictions = {
-            "streams": streams, "U.none_growth": growth(config, streams[BASELINE]),
+            "streams": streams,
+            "U.none_growth": growth(config, streams[BASELINE]),
             "U.norm_growth": growth(config, streams[config["norm"]]),
-            "R.condition": theory.condition_number_rate(config["linear_width"])}
+            "R.condition": theory.condition_number_rate(config["linear_width"]),
+        }
         for m in config["rmt_factors"]:
             predicted[f"R.smax_{m}"] = theory.product_singular_value_max(m)
             predicted[f"law_{m}"] = functools.partial(theory.fuss_catalan_cdf, num_factors=m)
         return predicted
 
-    def check(self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
-              ) -> list[claims.ClaimCheck]:
+    def check(
+        self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
+    ) -> list[claims.ClaimCheck]:
         """U.none_growth, U.norm_growth (stream growth factors against the mean-field model), U.gradient_scale,
         U.gradient_tails, U.one_class (gradients at initialization), R.smax_M and R.law_M per number of factors,
         R.condition (deep linear networks)."""
@@ -338,46 +426,94 @@ class UnnormalizedPathologies(Experiment):
         for which, label in ((BASELINE, "none"), (norm, "norm")):
             measured_growth = growth(config, stream_curve(measured, which))
             name = "no normalizer" if which == BASELINE else title
-            checks.append(claims.check_close(
-                f"U.{label}_growth", "derived",
-                f"with {name}, the residual stream's second moment grows by the mean-field factor per block",
-                predicted[f"U.{label}_growth"], measured_growth, rel_tol=GROWTH_REL_TOL, source="derived"))
+            checks.append(
+                claims.check_close(
+                    f"U.{label}_growth",
+                    "derived",
+                    f"with {name}, the residual stream's second moment grows by the mean-field factor per block",
+                    predicted[f"U.{label}_growth"],
+                    measured_growth,
+                    rel_tol=GROWTH_REL_TOL,
+                    source="derived",
+                )
+            )
 
         grads = gradient_summary(measured)
         ratio = float(grads.loc[BASELINE, "rms"] / grads.loc[norm, "rms"])
-        checks.append(claims.check_at_least(
-            "U.gradient_scale", PAPER,
-            f"without a normalizer the middle layer's weight gradients are at least {GRADIENT_RATIO_MIN:g}x larger "
-            f"(RMS) than with {title} (paper: about 100x)", GRADIENT_RATIO_MIN, ratio, source="paper"))
+        checks.append(
+            claims.check_at_least(
+                "U.gradient_scale",
+                PAPER,
+                f"without a normalizer the middle layer's weight gradients are at least {GRADIENT_RATIO_MIN:g}x larger "
+                f"(RMS) than with {title} (paper: about 100x)",
+                GRADIENT_RATIO_MIN,
+                ratio,
+                source="paper",
+            )
+        )
         kurt_none = float(grads.loc[BASELINE, "excess_kurtosis"])
         kurt_norm = float(grads.loc[norm, "excess_kurtosis"])
-        checks.append(claims.check_true(
-            "U.gradient_tails", PAPER,
-            f"without a normalizer those gradients are heavier-tailed (larger excess kurtosis) than with {title}",
-            kurt_norm, kurt_none, kurt_none > kurt_norm, f"> {kurt_norm:.3g}", source="paper"))
+        checks.append(
+            claims.check_true(
+                "U.gradient_tails",
+                PAPER,
+                f"without a normalizer those gradients are heavier-tailed (larger excess kurtosis) than with {title}",
+                kurt_norm,
+                kurt_none,
+                kurt_none > kurt_norm,
+                f"> {kurt_norm:.3g}",
+                source="paper",
+            )
+        )
         share = one_class_fraction(measured, BASELINE)
-        checks.append(claims.check_at_least(
-            "U.one_class", PAPER,
-            "without a normalizer the output gradient is input-independent: the images push one and the same class",
-            ONE_CLASS_MIN, share, source="paper"))
+        checks.append(
+            claims.check_at_least(
+                "U.one_class",
+                PAPER,
+                "without a normalizer the output gradient is input-independent: the images push one and the same class",
+                ONE_CLASS_MIN,
+                share,
+                source="paper",
+            )
+        )
 
         smax = largest_singular_values(measured)
         for m in config["rmt_factors"]:
-            checks.append(claims.check_close(
-                f"R.smax_{m}", "known (Fuss-Catalan)",
-                f"the largest singular value of a product of {m} Gaussian matrices approaches "
-                "sqrt((M+1)^(M+1)/M^M)", predicted[f"R.smax_{m}"], float(smax.loc[m]), rel_tol=SMAX_REL_TOL,
-                source="known"))
-            checks.append(claims.check_at_most(
-                f"R.law_{m}", "known (Fuss-Catalan)",
-                f"the squared singular values of a product of {m} Gaussian matrices follow the Fuss-Catalan law "
-                "(Kolmogorov-Smirnov distance)", KS_MAX, ks_distance(measured, m, predicted[f"law_{m}"]),
-                source="known"))
-        checks.append(claims.check_close(
-            "R.condition", "derived",
-            "the condition number of a deep linear network grows exponentially with depth at the Lyapunov rate "
-            "(psi(N/2) - psi(1/2))/2 per layer", predicted["R.condition"],
-            condition_rate(measured), rel_tol=CONDITION_REL_TOL, source="derived"))
+            checks.append(
+                claims.check_close(
+                    f"R.smax_{m}",
+                    "known (Fuss-Catalan)",
+                    f"the largest singular value of a product of {m} Gaussian matrices approaches "
+                    "sqrt((M+1)^(M+1)/M^M)",
+                    predicted[f"R.smax_{m}"],
+                    float(smax.loc[m]),
+                    rel_tol=SMAX_REL_TOL,
+                    source="known",
+                )
+            )
+            checks.append(
+                claims.check_at_most(
+                    f"R.law_{m}",
+                    "known (Fuss-Catalan)",
+                    f"the squared singular values of a product of {m} Gaussian matrices follow the Fuss-Catalan law "
+                    "(Kolmogorov-Smirnov distance)",
+                    KS_MAX,
+                    ks_distance(measured, m, predicted[f"law_{m}"]),
+                    source="known",
+                )
+            )
+        checks.append(
+            claims.check_close(
+                "R.condition",
+                "derived",
+                "the condition number of a deep linear network grows exponentially with depth at the Lyapunov rate "
+                "(psi(N/2) - psi(1/2))/2 per layer",
+                predicted["R.condition"],
+                condition_rate(measured),
+                rel_tol=CONDITION_REL_TOL,
+                source="derived",
+            )
+        )
         return checks
 
 

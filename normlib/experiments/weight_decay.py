@@ -70,15 +70,22 @@ INTERVALS = ("step", "epoch")
 CNN_TEMPLATE: list = [(16, 2), (32, 2), 64]
 
 OWN_PARAMS = (
-    Param("arch", "str", "network: cnn (the book's small CNN, CNN_TEMPLATE scaled by width) or vgg (VGG-11 with "
-          "BatchNorm, for 32x32 images)", choices=ARCHS),
+    Param(
+        "arch",
+        "str",
+        "network: cnn (the book's small CNN, CNN_TEMPLATE scaled by width) or vgg (VGG-11 with "
+        "BatchNorm, for 32x32 images)",
+        choices=ARCHS,
+    ),
     Param("width", "int", "channels of the first conv; later convs keep their ratio (VGG-11: 64)", minimum=1),
-    Param("init", "str", "torch: PyTorch's default conv/linear init, as the paper's code; he: He init",
-          choices=INITS),
-    Param("correction_interval", "str", "reference norms of the correction: the WD run's at every step, or at "
-          "the end of each epoch (the paper's code)", choices=INTERVALS),
-    Param("repeats", "int", "seeds of each of the three runs (the spread measures the run-to-run noise)",
-          minimum=1),
+    Param("init", "str", "torch: PyTorch's default conv/linear init, as the paper's code; he: He init", choices=INITS),
+    Param(
+        "correction_interval",
+        "str",
+        "reference norms of the correction: the WD run's at every step, or at the end of each epoch (the paper's code)",
+        choices=INTERVALS,
+    ),
+    Param("repeats", "int", "seeds of each of the three runs (the spread measures the run-to-run noise)", minimum=1),
     Param("record_every", "int", "record the channels of the three runs every k-th step", minimum=1),
     Param("test_every_epoch", "bool", "measure test accuracy after every epoch (else only at the end)"),
     Param("sgd_steps", "int", "steps of the plain SGD run (momentum 0, no weight decay, constant rate)", minimum=1),
@@ -86,44 +93,93 @@ OWN_PARAMS = (
     Param("invariance_batch", "int", "images of the scale-invariance check", minimum=2),
 )
 
-_COMMON = {"arch": "cnn", "init": "torch", "record_every": 1, "invariance_scales": [0.1, 0.5, 3.0, 10.0],
-           "lr_scale_with_batch": False, "lr": 0.1, "momentum": 0.9, "schedule": "multistep", "lr_decay": 0.1,
-           "warmup_epochs": 0.0, "augment": True}
-BOOK = {**_COMMON, "width": 8, "correction_interval": "step", "repeats": 2, "test_every_epoch": False,
-        "sgd_steps": 120, "invariance_batch": 64, "subset": 8192, "test_subset": None, "batch_size": 128,
-        "epochs": 5, "lr_milestones": [4], "weight_decay": 5e-3}
-PAPER_VALUES = {**_COMMON, "arch": "vgg", "width": 64, "correction_interval": "epoch", "repeats": 1,
-                "record_every": 200, "test_every_epoch": True, "sgd_steps": 391, "invariance_batch": 128,
-                "dataset": "cifar10", "subset": None, "test_subset": None, "batch_size": 128, "epochs": 80,
-                "lr_milestones": [20, 40, 60], "weight_decay": 5e-4, "seed": 2019, "device": "auto",
-                "paper_small_batch": False}
+_COMMON = {
+    "arch": "cnn",
+    "init": "torch",
+    "record_every": 1,
+    "invariance_scales": [0.1, 0.5, 3.0, 10.0],
+    "lr_scale_with_batch": False,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "schedule": "multistep",
+    "lr_decay": 0.1,
+    "warmup_epochs": 0.0,
+    "augment": True,
+}
+BOOK = {
+    **_COMMON,
+    "width": 8,
+    "correction_interval": "step",
+    "repeats": 2,
+    "test_every_epoch": False,
+    "sgd_steps": 120,
+    "invariance_batch": 64,
+    "subset": 8192,
+    "test_subset": None,
+    "batch_size": 128,
+    "epochs": 5,
+    "lr_milestones": [4],
+    "weight_decay": 5e-3,
+}
+PAPER_VALUES = {
+    **_COMMON,
+    "arch": "vgg",
+    "width": 64,
+    "correction_interval": "epoch",
+    "repeats": 1,
+    "record_every": 200,
+    "test_every_epoch": True,
+    "sgd_steps": 391,
+    "invariance_batch": 128,
+    "dataset": "cifar10",
+    "subset": None,
+    "test_subset": None,
+    "batch_size": 128,
+    "epochs": 80,
+    "lr_milestones": [20, 40, 60],
+    "weight_decay": 5e-4,
+    "seed": 2019,
+    "device": "auto",
+    "paper_small_batch": False,
+}
 
 
 def _check_weight_decay(config: Mapping[str, Any]) -> None:
     if config["weight_decay"] <= 0:
-        raise ParameterError(f"parameter 'weight_decay': invalid value {config['weight_decay']!r}; allowed: a "
-                             "positive number (with 0 the WD-on and WD-off runs are the same run)")
+        raise ParameterError(
+            f"parameter 'weight_decay': invalid value {config['weight_decay']!r}; allowed: a "
+            "positive number (with 0 the WD-on and WD-off runs are the same run)"
+        )
 
 
 def _check_scales(config: Mapping[str, Any]) -> None:
     if any(c <= 0 for c in config["invariance_scales"]):
-        raise ParameterError(f"parameter 'invariance_scales': invalid value {config['invariance_scales']!r}; "
-                             "allowed: positive numbers (BN(c w x) = BN(w x) holds for c > 0)")
+        raise ParameterError(
+            f"parameter 'invariance_scales': invalid value {config['invariance_scales']!r}; "
+            "allowed: positive numbers (BN(c w x) = BN(w x) holds for c > 0)"
+        )
 
 
 def _check_arch_data(config: Mapping[str, Any]) -> None:
     if config["arch"] == "vgg" and config["dataset"] == "fashion-mnist":
-        raise ParameterError("parameter 'arch': invalid value 'vgg' for dataset 'fashion-mnist'; allowed: cnn "
-                             "(VGG-11's five 2x2 max-pools need 32x32 images: cifar10, cifar100, synthetic)")
+        raise ParameterError(
+            "parameter 'arch': invalid value 'vgg' for dataset 'fashion-mnist'; allowed: cnn "
+            "(VGG-11's five 2x2 max-pools need 32x32 images: cifar10, cifar100, synthetic)"
+        )
 
 
-SPEC = presets.training_spec(extra_params=OWN_PARAMS, book=BOOK, paper=PAPER_VALUES,
-                             checks=(_check_weight_decay, _check_scales, _check_arch_data))
+SPEC = presets.training_spec(
+    extra_params=OWN_PARAMS,
+    book=BOOK,
+    paper=PAPER_VALUES,
+    checks=(_check_weight_decay, _check_scales, _check_arch_data),
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The network and its scale-invariant weights
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def build_network(config: Mapping[str, Any], in_channels: int, num_classes: int, seed: int) -> nn.Module:
     """The seeded network of ``config`` with BatchNorm: ``make_cnn(CNN_TEMPLATE, width=...)`` or
@@ -131,11 +187,11 @@ def build_network(config: Mapping[str, Any], in_channels: int, num_classes: int,
     default (as the paper's ``vgg.py``, which does no custom init)."""
     torch.manual_seed(seed)
     if config["arch"] == "vgg":
-        model = models.make_vgg("A", norm="bn", in_channels=in_channels, num_classes=num_classes,
-                                width=config["width"])
+        model = models.make_vgg("A", norm="bn", in_channels=in_channels, num_classes=num_classes, width=config["width"])
     else:
-        model = models.make_cnn(CNN_TEMPLATE, norm="bn", in_channels=in_channels, num_classes=num_classes,
-                                width=config["width"])
+        model = models.make_cnn(
+            CNN_TEMPLATE, norm="bn", in_channels=in_channels, num_classes=num_classes, width=config["width"]
+        )
     if config["init"] == "torch":
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -163,13 +219,16 @@ def load_data(config: Mapping[str, Any]) -> tuple[data.Dataset, data.Dataset]:
 # Scale invariance at initialization
 # ----------------------------------------------------------------------------------------------------------------
 
+
 def _forward_unit(model: nn.Module, unit_index: int, images: torch.Tensor, labels: torch.Tensor):
     """Loss, the unit's conv output, its BatchNorm output before the affine map, and the gradient of its conv
     weights, for a copy of ``model`` in training mode."""
     _, conv, norm = invariant_units(model)[unit_index]
     captured = {}
-    hooks = [conv.register_forward_hook(lambda m, i, o: captured.__setitem__("z", o.detach())),
-             norm.register_forward_hook(lambda m, i, o: captured.__setitem__("y", o.detach()))]
+    hooks = [
+        conv.register_forward_hook(lambda m, i, o: captured.__setitem__("z", o.detach())),
+        norm.register_forward_hook(lambda m, i, o: captured.__setitem__("y", o.detach())),
+    ]
     try:
         model.train()
         model.zero_grad(set_to_none=True)
@@ -189,8 +248,9 @@ def _forward_unit(model: nn.Module, unit_index: int, images: torch.Tensor, label
 NO_EPS = 1e-30
 
 
-def invariance_frame(config: Mapping[str, Any], model: nn.Module, images: torch.Tensor,
-                     labels: torch.Tensor) -> pd.DataFrame:
+def invariance_frame(
+    config: Mapping[str, Any], model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> pd.DataFrame:
     """One row per (dtype, eps, unit, scale): relative deviations under :math:`W\\to cW` of the unit.
 
     Columns: ``dtype`` (float64/float32), ``eps`` (:data:`NO_EPS`, i.e. 0, or BatchNorm's own), ``layer``,
@@ -217,15 +277,21 @@ def invariance_frame(config: Mapping[str, Any], model: nn.Module, images: torch.
                 with torch.no_grad():
                     invariant_units(scaled)[index][1].weight.mul_(c)
                 loss1, _, y1, g1 = _forward_unit(scaled, index, x, labels)
-                row = {"dtype": str(dtype).removeprefix("torch."), "eps": eps, "layer": name, "scale": float(c),
-                       "output_dev": float((y1 - y0).abs().max() / y0.abs().max()),
-                       "loss_dev": abs(loss1 - loss0) / abs(loss0),
-                       "grad_dev": float((c * g1 - g0).norm() / g0.norm())}
+                row = {
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "eps": eps,
+                    "layer": name,
+                    "scale": float(c),
+                    "output_dev": float((y1 - y0).abs().max() / y0.abs().max()),
+                    "loss_dev": abs(loss1 - loss0) / abs(loss0),
+                    "grad_dev": float((c * g1 - g0).norm() / g0.norm()),
+                }
                 if eps > NO_EPS:
                     y0d, y1d = y0.double(), y1.double()
                     ratio = ((y1d * y0d).sum(dim=(0, 2, 3)) / (y0d * y0d).sum(dim=(0, 2, 3))).cpu().numpy()
-                    row.update(ratio_dev=float(np.max(np.abs(ratio - 1))), ratio=ratio.tolist(),
-                               variance=variance.tolist())
+                    row.update(
+                        ratio_dev=float(np.max(np.abs(ratio - 1))), ratio=ratio.tolist(), variance=variance.tolist()
+                    )
                 rows.append(row)
     frame = pd.DataFrame(rows)
     for column in ("ratio_dev", "ratio", "variance"):
@@ -237,6 +303,7 @@ def invariance_frame(config: Mapping[str, Any], model: nn.Module, images: torch.
 def eps_ratio_errors(invariance: pd.DataFrame, theory: Any = default_theory) -> pd.Series:
     """Per row of :func:`invariance_frame` with :math:`\\epsilon>0`: the largest relative error over channels of
     the measured output ratio :math:`r_c` against ``theory.bn_eps_ratio`` (NaN on the other rows)."""
+
     def error(row: pd.Series) -> float:
         if not row["eps"] > NO_EPS:
             return float("nan")
@@ -249,6 +316,7 @@ def eps_ratio_errors(invariance: pd.DataFrame, theory: Any = default_theory) -> 
 # ----------------------------------------------------------------------------------------------------------------
 # Training runs
 # ----------------------------------------------------------------------------------------------------------------
+
 
 def _param_groups(model: nn.Module, run: str, weight_decay: float) -> list[dict[str, Any]]:
     """The paper's param groups: all with ``weight_decay`` (wd_on); the last layer with it and the rest without
@@ -273,8 +341,14 @@ def _reference_at(reference: list[list[torch.Tensor]], interval: str, step: int,
     return reference[min(index, len(reference) - 1)]
 
 
-def train_run(config: Mapping[str, Any], run: str, seed: int, train_set: data.Dataset, test_set: data.Dataset,
-              reference: list[list[torch.Tensor]] | None = None) -> dict[str, Any]:
+def train_run(
+    config: Mapping[str, Any],
+    run: str,
+    seed: int,
+    train_set: data.Dataset,
+    test_set: data.Dataset,
+    reference: list[list[torch.Tensor]] | None = None,
+) -> dict[str, Any]:
     """One of the three runs (``wd_on``, ``wd_off``, ``corrected``) with ``seed``; ``reference`` (the ``wd_on``
     run's norms of the same seed) is needed by ``corrected``. Returns the outcome, the loss history, the channel
     records (:class:`normlib.probes.ChannelRecorder`), the per-epoch test accuracies (with ``test_every_epoch``)
@@ -287,8 +361,12 @@ def train_run(config: Mapping[str, Any], run: str, seed: int, train_set: data.Da
     model = build_network(config, train_set.channels, train_set.num_classes, seed)
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     interval = config["correction_interval"]
-    recorder = ChannelRecorder(invariant_units(model), config["record_every"],
-                               reference=interval if run == "wd_on" else None, steps_per_epoch=steps_per_epoch)
+    recorder = ChannelRecorder(
+        invariant_units(model),
+        config["record_every"],
+        reference=interval if run == "wd_on" else None,
+        steps_per_epoch=steps_per_epoch,
+    )
     epoch_accuracy: list[tuple[int, float]] = []
 
     def factory(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -311,19 +389,35 @@ def train_run(config: Mapping[str, Any], run: str, seed: int, train_set: data.Da
 
     result = train(model, train_set, test_set, tc, optimizer_factory=factory, on_step=on_step)
     recorder.close()
-    return {"run": run, "seed": seed, "test_accuracy": float(result.test_accuracy),
-            "train_accuracy": float(result.train_accuracy), "diverged": bool(result.diverged),
-            "diverged_step": result.diverged_step, "steps": int(len(result.history)),
-            "steps_per_epoch": steps_per_epoch, "history": result.history[["step", "epoch", "loss", "lr"]],
-            "channels": recorder.frame(), "epoch_accuracy": epoch_accuracy,
-            "reference": [[n.cpu() for n in norms] for norms in recorder.reference_norms] if run == "wd_on" else None}
+    return {
+        "run": run,
+        "seed": seed,
+        "test_accuracy": float(result.test_accuracy),
+        "train_accuracy": float(result.train_accuracy),
+        "diverged": bool(result.diverged),
+        "diverged_step": result.diverged_step,
+        "steps": int(len(result.history)),
+        "steps_per_epoch": steps_per_epoch,
+        "history": result.history[["step", "epoch", "loss", "lr"]],
+        "channels": recorder.frame(),
+        "epoch_accuracy": epoch_accuracy,
+        "reference": [[n.cpu() for n in norms] for norms in recorder.reference_norms] if run == "wd_on" else None,
+    }
 
 
 def plain_sgd_run(config: Mapping[str, Any], train_set: data.Dataset) -> pd.DataFrame:
     """``sgd_steps`` steps of plain SGD (momentum 0, no weight decay, the constant rate ``lr``) from the same
     initialization, recording every channel at every step with BatchNorm's :math:`\\epsilon` terms."""
-    tc = presets.train_config(config, momentum=0.0, weight_decay=0.0, schedule="constant", lr_milestones=[],
-                              warmup_epochs=0.0, max_steps=config["sgd_steps"], progress=False)
+    tc = presets.train_config(
+        config,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        lr_milestones=[],
+        warmup_epochs=0.0,
+        max_steps=config["sgd_steps"],
+        progress=False,
+    )
     steps_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     tc = dataclasses.replace(tc, epochs=max(1, math.ceil(config["sgd_steps"] / steps_per_epoch)))
     model = build_network(config, train_set.channels, train_set.num_classes, config["seed"])
@@ -354,8 +448,11 @@ def measure_all(config: Mapping[str, Any]) -> dict[str, Any]:
 def _measure(config: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     train_set, test_set = load_data(config)
     model = build_network(config, train_set.channels, train_set.num_classes, config["seed"]).to(device)
-    batch = next(iter(data.batches(train_set.to(device), config["invariance_batch"], seed=config["seed"],
-                                   epoch=0, augment=False)))
+    batch = next(
+        iter(
+            data.batches(train_set.to(device), config["invariance_batch"], seed=config["seed"], epoch=0, augment=False)
+        )
+    )
     invariance = invariance_frame(config, model, *batch)
     sgd = plain_sgd_run(config, train_set)
     rows, channels, histories, accuracies = [], [], [], []
@@ -366,16 +463,38 @@ def _measure(config: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
             out = train_run(config, run, seed, train_set, test_set, reference)
             if run == "wd_on":
                 reference = out["reference"]
-            rows.append({"run": run, "repeat": repeat, **{k: out[k] for k in ("seed", "test_accuracy",
-                         "train_accuracy", "diverged", "diverged_step", "steps", "steps_per_epoch")}})
+            rows.append(
+                {
+                    "run": run,
+                    "repeat": repeat,
+                    **{
+                        k: out[k]
+                        for k in (
+                            "seed",
+                            "test_accuracy",
+                            "train_accuracy",
+                            "diverged",
+                            "diverged_step",
+                            "steps",
+                            "steps_per_epoch",
+                        )
+                    },
+                }
+            )
             channels.append(out["channels"].assign(run=run, repeat=repeat))
             histories.append(out["history"].assign(run=run, repeat=repeat))
-            accuracies += [{"run": run, "repeat": repeat, "epoch": e, "test_accuracy": a}
-                           for e, a in out["epoch_accuracy"]]
-    return {"invariance": invariance, "sgd": sgd, "runs": pd.DataFrame(rows),
-            "channels": pd.concat(channels, ignore_index=True), "history": pd.concat(histories, ignore_index=True),
-            "epoch_accuracy": pd.DataFrame(accuracies, columns=["run", "repeat", "epoch", "test_accuracy"]),
-            "test_size": len(test_set)}
+            accuracies += [
+                {"run": run, "repeat": repeat, "epoch": e, "test_accuracy": a} for e, a in out["epoch_accuracy"]
+            ]
+    return {
+        "invariance": invariance,
+        "sgd": sgd,
+        "runs": pd.DataFrame(rows),
+        "channels": pd.concat(channels, ignore_index=True),
+        "history": pd.concat(histories, ignore_index=True),
+        "epoch_accuracy": pd.DataFrame(accuracies, columns=["run", "repeat", "epoch", "test_accuracy"]),
+        "test_size": len(test_set),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -392,10 +511,19 @@ def angular_frame(sgd: pd.DataFrame, theory: Any = default_theory) -> pd.DataFra
     (chord / x - 1), ``second_order`` (the derived :math:`-3x^2/8`) and ``exact_dev`` (chord / the exact chord - 1)."""
     x = theory.sgd_step_tangent(sgd["lr"], np.sqrt(sgd["grad_sq"]), np.sqrt(sgd["norm_sq_before"]))
     exact = theory.sgd_step_chord(sgd["lr"], np.sqrt(sgd["grad_sq"]), np.sqrt(sgd["norm_sq_before"]))
-    return pd.DataFrame({"layer": sgd["layer"], "channel": sgd["channel"], "step": sgd["step"], "x": x,
-                         "chord": sgd["chord"], "first_order_dev": sgd["chord"] / x - 1,
-                         "second_order": theory.chord_second_order(x), "exact_dev": sgd["chord"] / exact - 1,
-                         "effective_lr": theory.effective_lr(sgd["lr"], np.sqrt(sgd["norm_sq_before"]))})
+    return pd.DataFrame(
+        {
+            "layer": sgd["layer"],
+            "channel": sgd["channel"],
+            "step": sgd["step"],
+            "x": x,
+            "chord": sgd["chord"],
+            "first_order_dev": sgd["chord"] / x - 1,
+            "second_order": theory.chord_second_order(x),
+            "exact_dev": sgd["chord"] / exact - 1,
+            "effective_lr": theory.effective_lr(sgd["lr"], np.sqrt(sgd["norm_sq_before"])),
+        }
+    )
 
 
 def recursion_frame(sgd: pd.DataFrame, eps: float = 1e-5, theory: Any = default_theory) -> pd.DataFrame:
@@ -407,10 +535,16 @@ def recursion_frame(sgd: pd.DataFrame, eps: float = 1e-5, theory: Any = default_
     frame = sgd.assign(
         ideal=sgd["lr"] ** 2 * sgd["grad_sq"],
         eps_term=-2 * sgd["lr"] * theory.bn_eps_orthogonality(sgd["bn_variance"], eps, sgd["gain_grad"]),
-        bound=2 * UNIT_ROUNDOFF_32 * sgd["norm_sq_after"])
+        bound=2 * UNIT_ROUNDOFF_32 * sgd["norm_sq_after"],
+    )
     grouped = frame.sort_values("step").groupby(["layer", "channel"], sort=False)
-    out = grouped.agg(first=("norm_sq_before", "first"), last=("norm_sq_after", "last"), ideal=("ideal", "sum"),
-                      eps_term=("eps_term", "sum"), bound=("bound", "sum")).reset_index()
+    out = grouped.agg(
+        first=("norm_sq_before", "first"),
+        last=("norm_sq_after", "last"),
+        ideal=("ideal", "sum"),
+        eps_term=("eps_term", "sum"),
+        bound=("bound", "sum"),
+    ).reset_index()
     out["measured"] = out["last"] - out["first"]
     out["with_eps"] = out["ideal"] + out["eps_term"]
     out["ideal_rel_err"] = out["measured"] / out["ideal"] - 1
@@ -424,11 +558,21 @@ def layer_curves(channels: pd.DataFrame) -> pd.DataFrame:
     """Per run, repeat, layer and recorded step: the median over channels of :math:`\\lVert w\\rVert^2`, of the
     effective rate :math:`\\eta\\,s/\\lVert w\\rVert^2` (:math:`s` the correction's step scale, 1 without) and of the
     angular step, and the root mean square of the angular step."""
-    frame = channels.assign(effective_lr=channels["lr"] * channels["step_scale"] / channels["norm_sq_before"],
-                            chord_sq=channels["chord"] ** 2)
-    out = frame.groupby(["run", "repeat", "layer", "step"]).agg(
-        norm_sq=("norm_sq_before", "median"), effective_lr=("effective_lr", "median"), chord=("chord", "median"),
-        chord_sq=("chord_sq", "mean"), lr=("lr", "first")).reset_index()
+    frame = channels.assign(
+        effective_lr=channels["lr"] * channels["step_scale"] / channels["norm_sq_before"],
+        chord_sq=channels["chord"] ** 2,
+    )
+    out = (
+        frame.groupby(["run", "repeat", "layer", "step"])
+        .agg(
+            norm_sq=("norm_sq_before", "median"),
+            effective_lr=("effective_lr", "median"),
+            chord=("chord", "median"),
+            chord_sq=("chord_sq", "mean"),
+            lr=("lr", "first"),
+        )
+        .reset_index()
+    )
     out["chord_rms"] = np.sqrt(out.pop("chord_sq"))
     return out
 
@@ -441,8 +585,7 @@ def first_phase(config: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, i
     return end // 2, end
 
 
-def equilibrium(config: Mapping[str, Any], measured: dict[str, Any], theory: Any = default_theory
-                ) -> dict[str, float]:
+def equilibrium(config: Mapping[str, Any], measured: dict[str, Any], theory: Any = default_theory) -> dict[str, float]:
     """The ``wd_on`` runs' root-mean-square angular step over :func:`first_phase` (all channels and repeats) and the
     derived equilibrium :func:`normlib.theory.equilibrium_angular_step` at the phase's rate; the same for
     ``wd_off`` (no equilibrium: it keeps slowing down)."""
@@ -452,9 +595,13 @@ def equilibrium(config: Mapping[str, Any], measured: dict[str, Any], theory: Any
     window = channels[(channels.step >= start) & (channels.step < end)]
     rms = {run: float(np.sqrt((window[window.run == run]["chord"] ** 2).mean())) for run in RUNS}
     lr = float(window["lr"].iloc[0]) if len(window) else float("nan")
-    return {"start": start, "end": end, "lr": lr,
-            "predicted": float(theory.equilibrium_angular_step(lr, config["weight_decay"], config["momentum"])),
-            **{f"rms_{run}": value for run, value in rms.items()}}
+    return {
+        "start": start,
+        "end": end,
+        "lr": lr,
+        "predicted": float(theory.equilibrium_angular_step(lr, config["weight_decay"], config["momentum"])),
+        **{f"rms_{run}": value for run, value in rms.items()},
+    }
 
 
 def accuracy_table(measured: dict[str, Any]) -> pd.DataFrame:
@@ -479,8 +626,17 @@ def gap_stats(measured: dict[str, Any], test_size: int, theory: Any = default_th
     diverged = int(measured["runs"]["diverged"].sum())
     if k == 0:
         nan = float("nan")
-        return {"on": nan, "off": nan, "corrected": nan, "gap": nan, "fraction": nan, "noise": nan,
-                "threshold": nan, "usable": 0, "diverged": diverged}
+        return {
+            "on": nan,
+            "off": nan,
+            "corrected": nan,
+            "gap": nan,
+            "fraction": nan,
+            "noise": nan,
+            "threshold": nan,
+            "usable": 0,
+            "diverged": diverged,
+        }
     means = usable.mean()
     if k >= 2:
         noise = float(np.sqrt(((usable - means) ** 2).to_numpy().sum() / (len(RUNS) * (k - 1))))
@@ -488,10 +644,17 @@ def gap_stats(measured: dict[str, Any], test_size: int, theory: Any = default_th
         p = float(means.mean())
         noise = math.sqrt(p * (1 - p) / test_size)
     gap = float(means["wd_on"] - means["wd_off"])
-    return {"on": float(means["wd_on"]), "off": float(means["wd_off"]), "corrected": float(means["corrected"]),
-            "gap": gap, "fraction": float(theory.gap_closed_fraction(means["wd_on"], means["wd_off"],
-                                                                      means["corrected"])),
-            "noise": noise, "threshold": 2 * noise * math.sqrt(2 / k), "usable": k, "diverged": diverged}
+    return {
+        "on": float(means["wd_on"]),
+        "off": float(means["wd_off"]),
+        "corrected": float(means["corrected"]),
+        "gap": gap,
+        "fraction": float(theory.gap_closed_fraction(means["wd_on"], means["wd_off"], means["corrected"])),
+        "noise": noise,
+        "threshold": 2 * noise * math.sqrt(2 / k),
+        "usable": k,
+        "diverged": diverged,
+    }
 
 
 #: The paper's readings (papers.md §3.3(a), poster): WD on ≈ 90.5 %, WD off ≈ 89.2 %, corrected ≈ 90.5 %.
@@ -546,8 +709,9 @@ class WeightDecay(Experiment):
             "recursion": recursion_frame(measured["sgd"], float(exact_eps(measured)), theory),
             "equilibrium": equilibrium(config, measured, theory),
             "gaps": gap_stats(measured, measured["test_size"], theory),
-            "paper_fraction": theory.gap_closed_fraction(PAPER_ACCURACY["wd_on"], PAPER_ACCURACY["wd_off"],
-                                                         PAPER_ACCURACY["corrected"]),
+            "paper_fraction": theory.gap_closed_fraction(
+                PAPER_ACCURACY["wd_on"], PAPER_ACCURACY["wd_off"], PAPER_ACCURACY["corrected"]
+            ),
         }
 
     def check(self, config: Config, measured: dict[str, Any], predicted: Predictions) -> list[claims.ClaimCheck]:
@@ -559,43 +723,95 @@ class WeightDecay(Experiment):
         inv = measured["invariance"]
         exact = inv[(inv.dtype == "float64") & (inv.eps < 1e-20)]
         checks = [
-            claims.check_at_most("W.invariance", PAPER, "BN(c W x) = BN(W x) for c > 0 (float64, epsilon 0): "
-                                 "largest relative change of the BN output or the loss", INVARIANCE_TOL,
-                                 float(max(exact["output_dev"].max(), exact["loss_dev"].max())), source="paper"),
-            claims.check_at_most("W.gradient", PAPER, "the gradient scales as 1/c: largest ||c g(cW) - g(W)|| / "
-                                 "||g(W)|| (float64, epsilon 0)", GRADIENT_TOL, float(exact["grad_dev"].max()),
-                                 source="paper"),
-            claims.check_at_most("W.eps", PAPER, "with BatchNorm's epsilon the output ratio is sqrt((s2+eps)/"
-                                 "(s2+eps/c^2)): largest relative error (float64)", EPS_RATIO_TOL,
-                                 float(predicted["eps_ratio_err"][inv.eps > 1e-20].max())),
+            claims.check_at_most(
+                "W.invariance",
+                PAPER,
+                "BN(c W x) = BN(W x) for c > 0 (float64, epsilon 0): "
+                "largest relative change of the BN output or the loss",
+                INVARIANCE_TOL,
+                float(max(exact["output_dev"].max(), exact["loss_dev"].max())),
+                source="paper",
+            ),
+            claims.check_at_most(
+                "W.gradient",
+                PAPER,
+                "the gradient scales as 1/c: largest ||c g(cW) - g(W)|| / ||g(W)|| (float64, epsilon 0)",
+                GRADIENT_TOL,
+                float(exact["grad_dev"].max()),
+                source="paper",
+            ),
+            claims.check_at_most(
+                "W.eps",
+                PAPER,
+                "with BatchNorm's epsilon the output ratio is sqrt((s2+eps)/"
+                "(s2+eps/c^2)): largest relative error (float64)",
+                EPS_RATIO_TOL,
+                float(predicted["eps_ratio_err"][inv.eps > 1e-20].max()),
+            ),
         ]
         angular = predicted["angular"]
-        checks.append(claims.check_at_most(
-            "W.angular", PAPER, "plain SGD: each channel's angular step is eta ||g~|| / ||w||^2 to first order (95th "
-            "percentile of the relative deviation)", ANGULAR_TOL,
-            float(np.quantile(angular["first_order_dev"].abs(), 0.95)), source="paper"))
+        checks.append(
+            claims.check_at_most(
+                "W.angular",
+                PAPER,
+                "plain SGD: each channel's angular step is eta ||g~|| / ||w||^2 to first order (95th "
+                "percentile of the relative deviation)",
+                ANGULAR_TOL,
+                float(np.quantile(angular["first_order_dev"].abs(), 0.95)),
+                source="paper",
+            )
+        )
         recursion = predicted["recursion"]
-        checks.append(claims.check_at_most(
-            "W.recursion", PAPER, "plain SGD, no WD: ||w_T||^2 - ||w_0||^2 = sum eta^2 ||g||^2 + BN's epsilon term, "
-            "within float32 rounding (worst channel's |residual| / rounding bound)", 1.0,
-            float(recursion["residual_over_bound"].max())))
+        checks.append(
+            claims.check_at_most(
+                "W.recursion",
+                PAPER,
+                "plain SGD, no WD: ||w_T||^2 - ||w_0||^2 = sum eta^2 ||g||^2 + BN's epsilon term, "
+                "within float32 rounding (worst channel's |residual| / rounding bound)",
+                1.0,
+                float(recursion["residual_over_bound"].max()),
+            )
+        )
         eq = predicted["equilibrium"]
-        checks.append(claims.check_close(
-            "W.equilibrium", PAPER, f"WD on: the angular step settles at sqrt(2 eta lambda / (1 + beta)) (RMS, steps "
-            f"{eq['start']}-{eq['end'] - 1})", eq["predicted"], eq["rms_wd_on"], rel_tol=EQUILIBRIUM_TOL))
+        checks.append(
+            claims.check_close(
+                "W.equilibrium",
+                PAPER,
+                f"WD on: the angular step settles at sqrt(2 eta lambda / (1 + beta)) (RMS, steps "
+                f"{eq['start']}-{eq['end'] - 1})",
+                eq["predicted"],
+                eq["rms_wd_on"],
+                rel_tol=EQUILIBRIUM_TOL,
+            )
+        )
         gaps = predicted["gaps"]
         paper_gap = PAPER_ACCURACY["wd_on"] - PAPER_ACCURACY["wd_off"]
-        checks.append(claims.check_true(
-            "W.gap", PAPER, f"WD on beats WD off by more than twice the standard error of the difference "
-            f"({gaps['usable']} usable repeat(s))", paper_gap, gaps["gap"],
-            bool(np.isfinite(gaps["gap"]) and gaps["gap"] > gaps["threshold"]),
-            f"gap > {gaps['threshold']:.3g}", source="paper"))
+        checks.append(
+            claims.check_true(
+                "W.gap",
+                PAPER,
+                f"WD on beats WD off by more than twice the standard error of the difference "
+                f"({gaps['usable']} usable repeat(s))",
+                paper_gap,
+                gaps["gap"],
+                bool(np.isfinite(gaps["gap"]) and gaps["gap"] > gaps["threshold"]),
+                f"gap > {gaps['threshold']:.3g}",
+                source="paper",
+            )
+        )
         resolved = bool(np.isfinite(gaps["gap"]) and gaps["gap"] > gaps["threshold"])
-        checks.append(claims.check_true(
-            "W.correction", PAPER, "the LR correction closes most of the WD-on/WD-off gap (fraction closed; needs a "
-            "gap beyond the noise)", predicted["paper_fraction"], gaps["fraction"],
-            bool(resolved and np.isfinite(gaps["fraction"]) and gaps["fraction"] >= FRACTION_MIN),
-            f">= {FRACTION_MIN:g}, gap resolved", source="paper"))
+        checks.append(
+            claims.check_true(
+                "W.correction",
+                PAPER,
+                "the LR correction closes most of the WD-on/WD-off gap (fraction closed; needs a gap beyond the noise)",
+                predicted["paper_fraction"],
+                gaps["fraction"],
+                bool(resolved and np.isfinite(gaps["fraction"]) and gaps["fraction"] >= FRACTION_MIN),
+                f">= {FRACTION_MIN:g}, gap resolved",
+                source="paper",
+            )
+        )
         return checks
 
 

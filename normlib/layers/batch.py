@@ -61,8 +61,12 @@ class BatchNorm2d(nn.BatchNorm2d):
         dtype=None,
     ) -> None:
         super().__init__(
-            num_features, eps=eps, momentum=momentum, track_running_stats=track_running_stats,
-            device=device, dtype=dtype,
+            num_features,
+            eps=eps,
+            momentum=momentum,
+            track_running_stats=track_running_stats,
+            device=device,
+            dtype=dtype,
         )
 
 
@@ -127,9 +131,7 @@ class _RunningStatsNorm2d(nn.Module):
         """:math:`n = N H W`, the number of values behind each batch statistic; at least 2."""
         n = x.numel() // x.shape[1]
         if n < 2:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"Expected more than 1 value per channel when training, got input shape {tuple(x.shape)}")
         return n
 
     def _update_running_stats(self, **batch_stats: Tensor) -> None:
@@ -364,8 +366,10 @@ class TopkBatchNorm2d(_DeviationBatchNorm2d):
     def scaled_deviation(self, centred: Tensor) -> Tensor:
         n = centred.numel() // centred.shape[1]
         if self.k > n:
-            raise ValueError(f"k={self.k} exceeds the n = N*H*W = {n} values per channel of input shape "
-                             f"{tuple(centred.shape)}; allowed: k <= n")
+            raise ValueError(
+                f"k={self.k} exceeds the n = N*H*W = {n} values per channel of input shape "
+                f"{tuple(centred.shape)}; allowed: k <= n"
+            )
         per_channel = centred.transpose(0, 1).reshape(centred.shape[1], n).abs()
         if self.k == 1:
             largest = per_channel.amax(dim=1)
@@ -411,8 +415,13 @@ class LinfBatchNorm2d(TopkBatchNorm2d):
         dtype=None,
     ) -> None:
         super().__init__(
-            num_channels, k=1, eps=eps, momentum=momentum, track_running_stats=track_running_stats,
-            device=device, dtype=dtype,
+            num_channels,
+            k=1,
+            eps=eps,
+            momentum=momentum,
+            track_running_stats=track_running_stats,
+            device=device,
+            dtype=dtype,
         )
 
     def extra_repr(self) -> str:

@@ -145,9 +145,7 @@ def register_norm(
     if info.placement == "in_conv" and conv_factory is None:
         raise ValueError(f"conv_factory is required for placement 'in_conv' (normalizer {info.name!r})")
     if info.placement == "replaces_activation" and options is not None and "apply_act" not in options:
-        raise ValueError(
-            f"norm_factory of {info.name!r} must accept apply_act for placement 'replaces_activation'"
-        )
+        raise ValueError(f"norm_factory of {info.name!r} must accept apply_act for placement 'replaces_activation'")
     if act_factory is None:
         act_factory = _identity if info.placement == "replaces_activation" else _relu
     _REGISTRY[info.name] = _Entry(info, norm_factory, conv_factory or _plain_conv, act_factory, options)
@@ -166,8 +164,7 @@ def _check_options(entry: _Entry, opts: dict) -> None:
     if unknown:
         allowed = ", ".join(entry.options) or "(none)"
         raise ValueError(
-            f"unknown option {', '.join(unknown)} for normalizer {entry.info.name!r}; "
-            f"allowed options: {allowed}"
+            f"unknown option {', '.join(unknown)} for normalizer {entry.info.name!r}; allowed options: {allowed}"
         )
 
 
@@ -209,8 +206,14 @@ def make_conv(
     _check_positive_int("out_channels", out_channels)
     padding = kernel_size // 2 if padding is None else padding
     return _build(
-        entry.conv_factory, in_channels, out_channels, kernel_size, device=device, dtype=dtype,
-        stride=stride, padding=padding,
+        entry.conv_factory,
+        in_channels,
+        out_channels,
+        kernel_size,
+        device=device,
+        dtype=dtype,
+        stride=stride,
+        padding=padding,
     )
 
 

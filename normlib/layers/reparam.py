@@ -174,10 +174,33 @@ class BWNConv2d(_ReparamConv2d):
         - Output: :math:`(N, C_{out}, H_{out}, W_{out})`
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=None, dilation=1,
-                 groups: int = 1, bias: bool = False, eps: float = EPS, device=None, dtype=None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, eps,
-                         device=device, dtype=dtype)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=None,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = False,
+        eps: float = EPS,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            eps,
+            device=device,
+            dtype=dtype,
+        )
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

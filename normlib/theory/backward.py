@@ -177,8 +177,9 @@ def mean_field_kappa(group_size: int, *, channels: int = 100_000, iterations: in
     return two_kappa / 2.0
 
 
-def mean_field_growth_factor(group_size: int, entries_per_group: int | None = None, *, channels: int = 100_000,
-                             seed: int = 0) -> float:
+def mean_field_growth_factor(
+    group_size: int, entries_per_group: int | None = None, *, channels: int = 100_000, seed: int = 0
+) -> float:
     r"""The growth factor :math:`\frac{n-2}{n}\,\mathbb E[\hat\sigma^{-2}]` of GroupNorm with ``group_size``
     channels per group, from the mean-field model of :func:`mean_field_kappa` (derived, nothing fitted).
 
@@ -217,7 +218,7 @@ def fit_growth_factor(grad_norms: Iterable[float], skip_first: int = 1, skip_las
     isotropic gradient the derivation assumes) are left out. Non-finite or non-positive norms give NaN.
     """
     values = np.asarray(list(grad_norms), dtype=float)
-    kept = values[skip_first:len(values) - skip_last]
+    kept = values[skip_first : len(values) - skip_last]
     if len(kept) < 2:
         raise ValueError(f"need at least 2 layers after skipping {skip_first} + {skip_last}, got {len(values)}")
     if not (np.all(np.isfinite(kept)) and np.all(kept > 0)):

@@ -274,7 +274,11 @@ class StreamUnit:
 #: The mean-field description of every normalizer of the main paper (derived; see each field of StreamUnit).
 STREAM_UNITS: dict[str, StreamUnit] = {
     "none": StreamUnit(norm_power=None),
-    "bn": StreamUnit(), "ln": StreamUnit(), "in": StreamUnit(), "gn": StreamUnit(), "frn": StreamUnit(),
+    "bn": StreamUnit(),
+    "ln": StreamUnit(),
+    "in": StreamUnit(),
+    "gn": StreamUnit(),
+    "frn": StreamUnit(),
     "vn": StreamUnit(norm_power=np.pi / (np.pi - 1.0)),
     "evo_b0": StreamUnit(norm_power=None, activation="evo_b0", stream_activation="evo_b0"),
     "evo_s0": StreamUnit(norm_power=None, activation="evo_s0", stream_activation="evo_s0"),

@@ -102,8 +102,9 @@ def input_correlations(images: torch.Tensor, kernel_size: int = 3) -> Correlatio
     return Correlations(float(same_sample), float(same_position), float(different))
 
 
-def normalize_correlations(c: Correlations, norm: str, *, group_size: int = 1, positions: int = 1,
-                           batch: int = 2) -> Correlations:
+def normalize_correlations(
+    c: Correlations, norm: str, *, group_size: int = 1, positions: int = 1, batch: int = 2
+) -> Correlations:
     """The pre-activation correlations after a normalizer's mean subtraction and scaling (see the module
     docstring): ``norm`` is ``"gn"`` (with ``group_size`` channels per group; 1 is InstanceNorm, ``inf`` is
     LayerNorm at infinite width), ``"bn"`` (over ``batch`` samples) or ``"none"``."""
@@ -118,12 +119,16 @@ def normalize_correlations(c: Correlations, norm: str, *, group_size: int = 1, p
     else:
         raise ValueError(f"norm must be one of ['gn', 'bn', 'none'], got {norm!r}")
     scale = 1.0 - removed_self
-    return Correlations((c.same_sample - removed_self) / scale, (c.same_position - removed_other) / scale,
-                        (c.different - removed_other) / scale)
+    return Correlations(
+        (c.same_sample - removed_self) / scale,
+        (c.same_position - removed_other) / scale,
+        (c.different - removed_other) / scale,
+    )
 
 
-def cosine_mean_field(depth: int, start: Correlations, norm: str, *, group_size: float = 1, positions: int = 1,
-                      batch: int = 2) -> np.ndarray:
+def cosine_mean_field(
+    depth: int, start: Correlations, norm: str, *, group_size: float = 1, positions: int = 1, batch: int = 2
+) -> np.ndarray:
     """Predicted mean cosine similarity between two samples' activations after each of ``depth`` conv, normalizer,
     ReLU layers (derived; entry ``l`` is after layer ``l + 1``), from the input patches' correlations ``start``."""
     if depth < 1:

@@ -202,8 +202,10 @@ def corrected_lr(lr, weight_norm, reference_norm):
     with :math:`w_{[WD]}` the same channel in a run *with* weight decay. Its effective step
     :math:`\hat\eta/\lVert w\rVert^2=\eta/\lVert w_{[WD]}\rVert^2` is the weight-decay run's.
     """
-    return np.asarray(lr, dtype=float) * (np.asarray(weight_norm, dtype=float)
-                                          / np.asarray(reference_norm, dtype=float)) ** 2
+    return (
+        np.asarray(lr, dtype=float)
+        * (np.asarray(weight_norm, dtype=float) / np.asarray(reference_norm, dtype=float)) ** 2
+    )
 
 
 def gap_closed_fraction(with_wd, without_wd, corrected):
