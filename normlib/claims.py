@@ -1,12 +1,26 @@
 """Every claim the book checks, as a record that computes both sides and can fail.
 
-A :class:`ClaimCheck` holds the claim's id, the paper it comes from, the statement in the book's words, the
-predicted and the measured value, the tolerance and the verdict. The comparison helpers (:func:`check_close`,
-:func:`check_at_most`, :func:`check_at_least`) build one from a prediction and a measurement; nothing here ever
-types in a measured number.
+A :class:`ClaimCheck` holds the claim's id, the paper it comes from, its ``kind`` of evidence, the statement in the
+book's words, the ``alternative`` it must exclude, the predicted and the measured value, the tolerance, the verdict,
+and the verdict the book ``expected`` at its defaults (with the ``reason`` for an expected "not reproduced"). The
+comparison helpers (:func:`check_close`, :func:`check_at_most`, :func:`check_at_least`, :func:`check_true`) build
+one from a prediction and a measurement; nothing here ever types in a measured number.
 
-The registry maps each notebook's experiment to the function that evaluates its claims; ``python -m normlib claims``
-runs all of them at the book's defaults.
+**Kinds of evidence** (:data:`KINDS`):
+
+- ``paper``: a number or statement of the paper, in a comparable setting;
+- ``derived``: this book's model of a paper's mechanism;
+- ``known``: published mathematics, checked numerically;
+- ``identity``: true by construction, a sanity check that fails only on a bug.
+
+The headline "X of Y reproduced" counts ``paper`` and ``derived`` rows only (:data:`HEADLINE_KINDS`).
+
+**Alternatives.** Every row that is not an identity names the law or value it must exclude, and records the verdict
+its own criterion would give *under that alternative* (``alternative_passed``): for :func:`check_close` the
+alternative's prediction replaces the prediction; for :func:`check_at_least` and :func:`check_at_most` the value
+the measurement would take under the alternative replaces the measurement; :func:`check_true` takes the verdict
+under the alternative from its caller. A row that passes and would pass under its alternative as well cannot tell
+the two apart (:func:`falsify` lists it).
 """
 
 from __future__ import annotations
@@ -21,11 +35,15 @@ from typing import Any
 import pandas as pd
 
 __all__ = [
+    "KINDS",
+    "HEADLINE_KINDS",
     "ClaimCheck",
     "check_close",
     "check_at_most",
     "check_at_least",
     "check_true",
+    "differences",
+    "falsify",
     "to_frame",
     "verdict_sentence",
     "write_json",
@@ -36,12 +54,30 @@ __all__ = [
 #: When set (``python -m normlib run`` sets it), :func:`report` also writes ``claims.json`` into that folder.
 RUN_DIR_ENV = "NORMLIB_RUN_DIR"
 
+#: The kinds of evidence, strongest claim to the paper first.
+KINDS = ("paper", "derived", "known", "identity")
+#: The kinds the headline "X of Y reproduced" counts.
+HEADLINE_KINDS = ("paper", "derived")
+
 
 @dataclass(frozen=True)
 class ClaimCheck:
-    """One checked claim. ``source`` says whose statement the prediction is: ``"paper"`` (the paper's own),
-    ``"derived"`` (derived in this book) or ``"known"`` (a published result from outside the paper, cited where it
-    is used, e.g. the Fuss–Catalan law of random matrix theory)."""
+    """One checked claim.
+
+    Attributes:
+        id: ``<chapter letter>.<name>``, unique in the book.
+        paper: whose claim it is (``Lubana et al. 2021``; ``Yang et al. 2019`` for a ``known`` result).
+        statement: the claim in the book's words, with the statistic that is compared.
+        predicted, measured: both sides (for a bound, the bound is the prediction).
+        tolerance: how close counts, in words (``±15%``, ``at least``).
+        passed: the verdict.
+        kind: one of :data:`KINDS`.
+        alternative: the law or value the row must exclude, in words (empty only for an ``identity``).
+        alternative_value: the number standing for the alternative (NaN where the caller gave a verdict only).
+        alternative_passed: the verdict the row's criterion gives under its alternative (``None``: none given).
+        expected: the verdict the book expects at its defaults.
+        reason: why, when ``expected`` is ``False``.
+    """
 
     id: str
     paper: str
@@ -50,15 +86,46 @@ class ClaimCheck:
     measured: float
     tolerance: str
     passed: bool
-    source: str = "derived"
+    kind: str = "derived"
+    alternative: str = ""
+    alternative_value: float = math.nan
+    alternative_passed: bool | None = None
+    expected: bool = True
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.id!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if not self.expected and not self.reason:
+            raise ValueError(f"claim {self.id!r}: an expected 'not reproduced' needs its reason")
 
     @property
     def verdict(self) -> str:
         return "reproduced" if self.passed else "not reproduced"
 
+    @property
+    def discriminates(self) -> bool:
+        """Whether the row tells its claim from its alternative: it names one, and its criterion would fail under
+        it (identities are exempt)."""
+        return self.kind == "identity" or (bool(self.alternative) and self.alternative_passed is False)
+
 
 def _finite(*values: float) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def _close(predicted: float, measured: float, rel_tol: float | None, abs_tol: float | None) -> bool:
+    bound = max((rel_tol or 0.0) * abs(predicted), abs_tol or 0.0) if _finite(predicted) else math.nan
+    return bool(_finite(predicted, measured) and abs(measured - predicted) <= bound)
+
+
+def _alternative(alternative: tuple[str, float] | str | None) -> tuple[str, float]:
+    if alternative is None:
+        return "", math.nan
+    if isinstance(alternative, str):
+        return alternative, math.nan
+    text, value = alternative
+    return text, float(value)
 
 
 def check_close(
@@ -70,31 +137,93 @@ def check_close(
     *,
     rel_tol: float | None = None,
     abs_tol: float | None = None,
-    source: str = "derived",
+    kind: str = "derived",
+    alternative: tuple[str, float] | None = None,
+    expected: bool = True,
+    reason: str = "",
 ) -> ClaimCheck:
-    """Passes when ``|measured - predicted| <= max(rel_tol * |predicted|, abs_tol)``; a non-finite side fails."""
+    """Passes when ``|measured - predicted| <= max(rel_tol * |predicted|, abs_tol)``; a non-finite side fails.
+    ``alternative`` is ``(words, the alternative's prediction)``: the row is evaluated again with that prediction
+    in place of ``predicted``."""
     if rel_tol is None and abs_tol is None:
         raise ValueError("check_close needs rel_tol or abs_tol")
-    bound = max((rel_tol or 0.0) * abs(predicted), abs_tol or 0.0) if _finite(predicted) else float("nan")
-    passed = _finite(predicted, measured) and abs(measured - predicted) <= bound
     parts = ([f"±{rel_tol:.0%}"] if rel_tol is not None else []) + ([f"±{abs_tol:g}"] if abs_tol is not None else [])
-    return ClaimCheck(id, paper, statement, float(predicted), float(measured), " or ".join(parts), bool(passed), source)
+    text, value = _alternative(alternative)
+    under = _close(value, measured, rel_tol, abs_tol) if alternative is not None else None
+    return ClaimCheck(
+        id,
+        paper,
+        statement,
+        float(predicted),
+        float(measured),
+        " or ".join(parts),
+        _close(predicted, measured, rel_tol, abs_tol),
+        kind,
+        text,
+        value,
+        under,
+        expected,
+        reason,
+    )
+
+
+def _bound_check(id, paper, statement, bound, measured, holds, tolerance, kind, alternative, expected, reason):
+    text, value = _alternative(alternative)
+    under = bool(_finite(bound, value) and holds(value, bound)) if alternative is not None else None
+    passed = bool(_finite(bound, measured) and holds(measured, bound))
+    return ClaimCheck(
+        id,
+        paper,
+        statement,
+        float(bound),
+        float(measured),
+        tolerance,
+        passed,
+        kind,
+        text,
+        value,
+        under,
+        expected,
+        reason,
+    )
 
 
 def check_at_most(
-    id: str, paper: str, statement: str, bound: float, measured: float, *, source: str = "derived"
+    id: str,
+    paper: str,
+    statement: str,
+    bound: float,
+    measured: float,
+    *,
+    kind: str = "derived",
+    alternative: tuple[str, float] | None = None,
+    expected: bool = True,
+    reason: str = "",
 ) -> ClaimCheck:
-    """Passes when ``measured <= bound``; the bound is reported as the prediction."""
-    passed = _finite(bound, measured) and measured <= bound
-    return ClaimCheck(id, paper, statement, float(bound), float(measured), "at most", bool(passed), source)
+    """Passes when ``measured <= bound``; the bound is reported as the prediction. ``alternative`` is ``(words,
+    the value the measurement would take under the alternative)``."""
+    return _bound_check(
+        id, paper, statement, bound, measured, lambda m, b: m <= b, "at most", kind, alternative, expected, reason
+    )
 
 
 def check_at_least(
-    id: str, paper: str, statement: str, bound: float, measured: float, *, source: str = "derived"
+    id: str,
+    paper: str,
+    statement: str,
+    bound: float,
+    measured: float,
+    *,
+    kind: str = "derived",
+    alternative: tuple[str, float] | None = None,
+    expected: bool = True,
+    reason: str = "",
 ) -> ClaimCheck:
-    """Passes when ``measured >= bound``; the bound is reported as the prediction."""
-    passed = _finite(bound, measured) and measured >= bound
-    return ClaimCheck(id, paper, statement, float(bound), float(measured), "at least", bool(passed), source)
+    """Passes when ``measured >= bound``; the bound is reported as the prediction. ``alternative`` is ``(words,
+    the value the measurement would take under the alternative)``."""
+    return _bound_check(
+        id, paper, statement, bound, measured, lambda m, b: m >= b, "at least", kind, alternative, expected, reason
+    )
 
 
 def check_true(
@@ -106,10 +235,45 @@ def check_true(
     passed: bool,
     tolerance: str,
     *,
-    source: str = "derived",
+    kind: str = "derived",
+    alternative: tuple[str, bool] | None = None,
+    expected: bool = True,
+    reason: str = "",
 ) -> ClaimCheck:
-    """A check whose verdict was computed by the caller (e.g. an ordering); both sides are still recorded."""
-    return ClaimCheck(id, paper, statement, float(predicted), float(measured), tolerance, bool(passed), source)
+    """A check whose verdict was computed by the caller (e.g. an ordering); both sides are still recorded.
+    ``alternative`` is ``(words, the verdict the caller's criterion gives under the alternative)``."""
+    text, under = ("", None) if alternative is None else (alternative[0], bool(alternative[1]))
+    return ClaimCheck(
+        id,
+        paper,
+        statement,
+        float(predicted),
+        float(measured),
+        tolerance,
+        bool(passed),
+        kind,
+        text,
+        math.nan,
+        under,
+        expected,
+        reason,
+    )
+
+
+def differences(checks: list[ClaimCheck]) -> list[ClaimCheck]:
+    """The rows whose verdict differs from the one the book expects (an unexpected pass included)."""
+    return [c for c in checks if c.passed != c.expected]
+
+
+def falsify(checks: list[ClaimCheck]) -> list[ClaimCheck]:
+    """The rows that cannot tell their claim from its alternative: a non-identity row with no alternative, or
+    one that passes and would pass under its alternative too."""
+    return [
+        c
+        for c in checks
+        if c.kind != "identity"
+        and (not c.alternative or c.alternative_passed is None or (c.passed and c.alternative_passed))
+    ]
 
 
 def verdict_sentence(checks: list[ClaimCheck]) -> str:
@@ -126,7 +290,21 @@ def verdict_sentence(checks: list[ClaimCheck]) -> str:
 def to_frame(checks: list[ClaimCheck]) -> pd.DataFrame:
     """The checks as a table: id, paper, statement, predicted, measured, tolerance, verdict."""
     rows = [{**asdict(c), "verdict": c.verdict} for c in checks]
-    columns = ["id", "paper", "source", "statement", "predicted", "measured", "tolerance", "verdict", "passed"]
+    columns = [
+        "id",
+        "paper",
+        "kind",
+        "statement",
+        "alternative",
+        "predicted",
+        "measured",
+        "tolerance",
+        "verdict",
+        "passed",
+        "expected",
+        "reason",
+        "alternative_passed",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -151,5 +329,7 @@ def report(checks: list[ClaimCheck]) -> pd.DataFrame:
     run_dir = os.environ.get(RUN_DIR_ENV)
     if run_dir:
         write_json(checks, Path(run_dir) / "claims.json")
-    frame = to_frame(checks).drop(columns=["passed"])
+    frame = to_frame(checks)[
+        ["id", "kind", "statement", "alternative", "predicted", "measured", "tolerance", "verdict"]
+    ]
     return frame.style.format({"predicted": "{:.4g}", "measured": "{:.4g}"}).hide(axis="index")

@@ -50,5 +50,5 @@ def test_report_writes_claims_json_under_a_run(tmp_path, monkeypatch):
 
 def test_to_frame_columns():
     frame = claims.to_frame([claims.check_at_most("a", "P", "s", 1.0, 0.5)])
-    assert list(frame.columns[:4]) == ["id", "paper", "source", "statement"]
+    assert list(frame.columns[:4]) == ["id", "paper", "kind", "statement"]
     assert frame.loc[0, "verdict"] == "reproduced"

@@ -515,7 +515,7 @@ class InformativeForward(Experiment):
                     r,
                     bool(np.isfinite(high) and high < 0),
                     "95% bootstrap interval below 0",
-                    source="paper",
+                    kind="paper",
                 )
             )
         return checks

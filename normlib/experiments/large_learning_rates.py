@@ -547,7 +547,7 @@ class LargeLearningRates(Experiment):
                 + (" (measured: a lower bound, the normalized network never diverged on the grid)" if censored else ""),
                 THRESHOLD_RATIO_MIN,
                 ratio,
-                source="paper",
+                kind="paper",
             )
         ]
 
@@ -562,7 +562,7 @@ class LargeLearningRates(Experiment):
                 "test accuracy (absolute gap)",
                 SMALL_LR_GAP_MAX,
                 gap,
-                source="paper",
+                kind="paper",
             )
         )
         best_ratio = best_learning_rate(measured, config["norm"]) / best_learning_rate(measured, BASELINE)
@@ -574,7 +574,7 @@ class LargeLearningRates(Experiment):
                 f"{BEST_LR_RATIO_MIN:g}x the best one without a normalizer",
                 BEST_LR_RATIO_MIN,
                 best_ratio,
-                source="paper",
+                kind="paper",
             )
         )
 
@@ -586,7 +586,7 @@ class LargeLearningRates(Experiment):
                 predicted["L.noise_batch"],
                 noise_batch_slope(measured),
                 abs_tol=NOISE_SLOPE_TOL,
-                source="paper",
+                kind="paper",
             )
         )
         stats = noise_summary(measured)
@@ -600,7 +600,7 @@ class LargeLearningRates(Experiment):
                 predicted["L.noise_level"],
                 level,
                 rel_tol=NOISE_LEVEL_REL_TOL,
-                source="derived",
+                kind="derived",
             )
         )
         checks.append(
@@ -612,7 +612,7 @@ class LargeLearningRates(Experiment):
                 predicted["L.noise_step"],
                 noise_step_slope(measured),
                 abs_tol=NOISE_SLOPE_TOL,
-                source="paper",
+                kind="paper",
             )
         )
         return checks

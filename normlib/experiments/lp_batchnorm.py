@@ -527,7 +527,7 @@ def check_claims(
                 1.0,
                 row["mean"],
                 abs_tol=MC_SIGMAS * row["se"],
-                source="paper",
+                kind="paper",
             )
         )
     z = np.abs(table["mean"] - table["predicted"]) / (
@@ -574,7 +574,7 @@ def check_claims(
                 float(ok.sum()),
                 bool(ok.all()),
                 "all points",
-                source="paper",
+                kind="paper",
             )
         )
 
@@ -587,7 +587,7 @@ def check_claims(
                 f"L1 batch norm trains as well as L2 (test accuracy at least L2's minus {ACC_MARGIN:.0%})",
                 accuracy(measured, "bn") - ACC_MARGIN,
                 accuracy(measured, "l1bn"),
-                source="paper",
+                kind="paper",
             )
         )
     if {"wn", "bwn"} <= norms:
@@ -599,7 +599,7 @@ def check_claims(
                 f"accuracy at least WN's minus {ACC_MARGIN:.0%})",
                 accuracy(measured, "wn") - ACC_MARGIN,
                 accuracy(measured, "bwn"),
-                source="paper",
+                kind="paper",
             )
         )
     dtype = config["lowp_dtype"]
@@ -613,7 +613,7 @@ def check_claims(
                     f"accuracy at least float32's minus {ACC_MARGIN:.0%})",
                     accuracy(measured, norm) - ACC_MARGIN,
                     accuracy(measured, norm, dtype),
-                    source=source,
+                    kind=source,
                 )
             )
     return checks

@@ -391,7 +391,7 @@ class StableBackward(Experiment):
                 predicted["C.bn"],
                 measured_factor(measured, "bn"),
                 rel_tol=BN_REL_TOL,
-                source="paper",
+                kind="paper",
             )
         ]
 

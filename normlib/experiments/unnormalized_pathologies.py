@@ -434,7 +434,7 @@ class UnnormalizedPathologies(Experiment):
                     predicted[f"U.{label}_growth"],
                     measured_growth,
                     rel_tol=GROWTH_REL_TOL,
-                    source="derived",
+                    kind="derived",
                 )
             )
 
@@ -448,7 +448,7 @@ class UnnormalizedPathologies(Experiment):
                 f"(RMS) than with {title} (paper: about 100x)",
                 GRADIENT_RATIO_MIN,
                 ratio,
-                source="paper",
+                kind="paper",
             )
         )
         kurt_none = float(grads.loc[BASELINE, "excess_kurtosis"])
@@ -462,7 +462,7 @@ class UnnormalizedPathologies(Experiment):
                 kurt_none,
                 kurt_none > kurt_norm,
                 f"> {kurt_norm:.3g}",
-                source="paper",
+                kind="paper",
             )
         )
         share = one_class_fraction(measured, BASELINE)
@@ -473,7 +473,7 @@ class UnnormalizedPathologies(Experiment):
                 "without a normalizer the output gradient is input-independent: the images push one and the same class",
                 ONE_CLASS_MIN,
                 share,
-                source="paper",
+                kind="paper",
             )
         )
 
@@ -488,7 +488,7 @@ class UnnormalizedPathologies(Experiment):
                     predicted[f"R.smax_{m}"],
                     float(smax.loc[m]),
                     rel_tol=SMAX_REL_TOL,
-                    source="known",
+                    kind="known",
                 )
             )
             checks.append(
@@ -499,7 +499,7 @@ class UnnormalizedPathologies(Experiment):
                     "(Kolmogorov-Smirnov distance)",
                     KS_MAX,
                     ks_distance(measured, m, predicted[f"law_{m}"]),
-                    source="known",
+                    kind="known",
                 )
             )
         checks.append(
@@ -511,7 +511,7 @@ class UnnormalizedPathologies(Experiment):
                 predicted["R.condition"],
                 condition_rate(measured),
                 rel_tol=CONDITION_REL_TOL,
-                source="derived",
+                kind="derived",
             )
         )
         return checks

@@ -730,7 +730,7 @@ class WeightDecay(Experiment):
                 "largest relative change of the BN output or the loss",
                 INVARIANCE_TOL,
                 float(max(exact["output_dev"].max(), exact["loss_dev"].max())),
-                source="paper",
+                kind="paper",
             ),
             claims.check_at_most(
                 "W.gradient",
@@ -738,7 +738,7 @@ class WeightDecay(Experiment):
                 "the gradient scales as 1/c: largest ||c g(cW) - g(W)|| / ||g(W)|| (float64, epsilon 0)",
                 GRADIENT_TOL,
                 float(exact["grad_dev"].max()),
-                source="paper",
+                kind="paper",
             ),
             claims.check_at_most(
                 "W.eps",
@@ -758,7 +758,7 @@ class WeightDecay(Experiment):
                 "percentile of the relative deviation)",
                 ANGULAR_TOL,
                 float(np.quantile(angular["first_order_dev"].abs(), 0.95)),
-                source="paper",
+                kind="paper",
             )
         )
         recursion = predicted["recursion"]
@@ -796,7 +796,7 @@ class WeightDecay(Experiment):
                 gaps["gap"],
                 bool(np.isfinite(gaps["gap"]) and gaps["gap"] > gaps["threshold"]),
                 f"gap > {gaps['threshold']:.3g}",
-                source="paper",
+                kind="paper",
             )
         )
         resolved = bool(np.isfinite(gaps["gap"]) and gaps["gap"] > gaps["threshold"])
@@ -809,7 +809,7 @@ class WeightDecay(Experiment):
                 gaps["fraction"],
                 bool(resolved and np.isfinite(gaps["fraction"]) and gaps["fraction"] >= FRACTION_MIN),
                 f">= {FRACTION_MIN:g}, gap resolved",
-                source="paper",
+                kind="paper",
             )
         )
         return checks
