@@ -3,7 +3,9 @@
 ``run NOTEBOOK -p NAME VALUE ... [--preset paper]`` validates the parameters against the notebook's ``parameters``
 cell and its experiment's allowed values (before any compute), executes the notebook with papermill (read through
 jupytext in memory) into ``runs/NAME-<hash>/`` and writes the executed notebook, its figures and ``claims.json``
-there. ``claims`` evaluates every registered claim at the book's defaults, prints a table and exits 1 if any fails.
+there. ``claims`` evaluates every registered claim at the book's defaults at seeds 0, 1 and 2 (``--seeds``), prints
+a table, and exits 1 when any verdict differs from the one the book expects (an unexpected pass included);
+``--falsify`` also exits 1 when a row would pass under its alternative, and ``--json FILE`` writes every row.
 ``list`` shows the notebooks and their parameters; ``fetch DATASET`` downloads a dataset.
 """
 
@@ -162,26 +164,76 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_claims(args: argparse.Namespace) -> int:
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds: invalid value {text!r}; allowed: distinct non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
+def _print_rows(rows, columns: list[str]) -> None:
     import pandas as pd
 
-    from normlib.claims import to_frame
-    from normlib.experiments import EXPERIMENTS, get_experiment
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 48):
+        print(rows[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
-    stems = [s for s in EXPERIMENTS if not args.only or s in args.only]
-    if args.only and not stems:
-        raise UsageError(f"--only: no notebook among {args.only}; allowed: {', '.join(EXPERIMENTS)}")
-    checks = []
-    for stem in stems:
-        experiment = get_experiment(stem)
-        print(f"evaluating {stem} at preset={args.preset} ...", file=sys.stderr, flush=True)
-        checks += experiment.evaluate(experiment.resolve(args.preset))
-    table = to_frame(checks)[["id", "paper", "predicted", "measured", "tolerance", "verdict"]]
-    with pd.option_context("display.max_rows", None, "display.width", 160, "display.max_colwidth", 40):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    failed = int((~to_frame(checks)["passed"]).sum())
-    print(f"{len(checks) - failed} of {len(checks)} claims reproduced")
-    return 1 if failed else 0
+
+def command_claims(args: argparse.Namespace) -> int:
+    import json
+
+    from normlib import scorecard
+    from normlib.experiments import EXPERIMENTS, notebook_stem
+    from normlib.params import PRESETS
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset: invalid value {args.preset!r}; allowed: {', '.join(PRESETS)}")
+    unknown = [name for name in args.only or [] if notebook_stem(name) not in EXPERIMENTS]
+    if unknown:
+        raise UsageError(f"--only: unknown notebook {unknown[0]!r}; allowed: {', '.join(EXPERIMENTS)}")
+    stems = [s for s in EXPERIMENTS if not args.only or s in {notebook_stem(n) for n in args.only}]
+    seeds = _parse_seeds(args.seeds)
+    if args.json is not None and not Path(args.json).expanduser().absolute().parent.is_dir():
+        raise UsageError(f"--json: the folder of {args.json!r} does not exist; create it or choose another file")
+
+    rows = scorecard.evaluate(stems, seeds, args.preset, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    folded = scorecard.robustness(rows)
+    folded["seeds reproduced"] = folded["seeds_reproduced"].astype(str) + "/" + folded["seeds"].astype(str)
+    _print_rows(folded, ["id", "kind", "predicted", "measured", "tolerance", "seeds reproduced", "verdict"])
+    top = scorecard.headline(folded)
+    print(
+        f"{top['reproduced']} of {top['claims']} claims (paper and derived) reproduced at seeds "
+        f"{','.join(map(str, seeds))}; sanity checks: {top['n_known']} known, {top['n_identity']} identity"
+    )
+    if args.json is not None:
+        records = json.loads(rows.to_json(orient="records"))
+        path = Path(args.json)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(records, indent=2) + "\n")
+        tmp.replace(path)
+        print(f"wrote {len(records)} rows to {path}")
+
+    status = 0
+    if args.falsify:
+        weak = scorecard.not_discriminating(rows)
+        if len(weak):
+            print(f"\n{len(weak)} row(s) cannot tell their claim from its alternative:")
+            _print_rows(
+                weak, ["id", "seed", "kind", "alternative", "alternative_value", "passed", "alternative_passed"]
+            )
+            status = 1
+        else:
+            print("every row fails under its alternative (or is an identity)")
+    differences = scorecard.gate(rows)
+    if len(differences):
+        print(f"\n{len(differences)} verdict(s) differ from the book's expectation:")
+        _print_rows(differences, ["id", "seed", "measured", "tolerance", "passed", "expected", "reason"])
+        status = 1
+    else:
+        print("every verdict equals the book's expectation")
+    return status
 
 
 def command_fetch(args: argparse.Namespace) -> int:
@@ -219,9 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="show the notebooks and their parameters")
     listing.set_defaults(handler=command_list)
 
-    check = commands.add_parser("claims", help="evaluate every claim; exit 1 if any is not reproduced")
+    check = commands.add_parser(
+        "claims", help="evaluate every claim over seeds; exit 1 if any verdict differs from the book's expectation"
+    )
     check.add_argument("--preset", default="book", help="book (default) or paper")
     check.add_argument("--only", nargs="+", help="notebook names to evaluate (default: all)")
+    check.add_argument("--seeds", default="0,1,2", help="seeds to evaluate every claim at (default: 0,1,2)")
+    check.add_argument("--json", default=None, metavar="FILE", help="write every (claim, seed) row to FILE")
+    check.add_argument(
+        "--falsify", action="store_true", help="also exit 1 if any row passes under its alternative, or has none"
+    )
     check.set_defaults(handler=command_claims)
 
     fetch = commands.add_parser("fetch", help="download a dataset (checksum-verified) into the data folder")

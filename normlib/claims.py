@@ -77,6 +77,8 @@ class ClaimCheck:
         alternative_passed: the verdict the row's criterion gives under its alternative (``None``: none given).
         expected: the verdict the book expects at its defaults.
         reason: why, when ``expected`` is ``False``.
+        low, high: the interval the measurement must fall in to pass (one side infinite for a bound; NaN for a
+            verdict computed by the caller).
     """
 
     id: str
@@ -92,6 +94,8 @@ class ClaimCheck:
     alternative_passed: bool | None = None
     expected: bool = True
     reason: str = ""
+    low: float = math.nan
+    high: float = math.nan
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -150,6 +154,7 @@ def check_close(
     parts = ([f"±{rel_tol:.0%}"] if rel_tol is not None else []) + ([f"±{abs_tol:g}"] if abs_tol is not None else [])
     text, value = _alternative(alternative)
     under = _close(value, measured, rel_tol, abs_tol) if alternative is not None else None
+    bound = max((rel_tol or 0.0) * abs(predicted), abs_tol or 0.0) if _finite(predicted) else math.nan
     return ClaimCheck(
         id,
         paper,
@@ -164,11 +169,14 @@ def check_close(
         under,
         expected,
         reason,
+        float(predicted) - bound,
+        float(predicted) + bound,
     )
 
 
 def _bound_check(id, paper, statement, bound, measured, holds, tolerance, kind, alternative, expected, reason):
     text, value = _alternative(alternative)
+    low, high = (float(bound), math.inf) if tolerance == "at least" else (-math.inf, float(bound))
     under = bool(_finite(bound, value) and holds(value, bound)) if alternative is not None else None
     passed = bool(_finite(bound, measured) and holds(measured, bound))
     return ClaimCheck(
@@ -185,6 +193,8 @@ def _bound_check(id, paper, statement, bound, measured, holds, tolerance, kind, 
         under,
         expected,
         reason,
+        low,
+        high,
     )
 
 

@@ -13,6 +13,7 @@ import seaborn as sns
 
 __all__ = [
     "NORM_COLORS",
+    "VERDICT_COLORS",
     "set_theme",
     "norm_color",
     "norm_label",
@@ -40,6 +41,9 @@ NORM_COLORS: dict[str, str] = {
     "topkbn": "#7f7f7f",
     "bwn": "#bcbd22",
 }
+
+#: Colour of each verdict, on the scorecard and wherever a page colours its verdicts.
+VERDICT_COLORS: dict[str, str] = {"reproduced": "#029e73", "not reproduced": "#b00020"}
 
 _LABELS = {
     "bn": "BatchNorm",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from normlib import __main__ as cli
+from normlib import claims
 from normlib.experiments import stable_forward as sf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +104,9 @@ def test_run_executes_the_notebook_with_papermill(tmp_path):
 class TinyStableForward(sf.StableForward):
     """Chapter A at a size that runs in a second; ``doubling`` swaps in a theory where every stream doubles."""
 
-    def __init__(self, doubling=False):
+    def __init__(self, doubling=False, alternative=None):
         self.doubling = doubling
+        self.alternative = alternative  # (words, value); value None: the row's own measurement
 
     def resolve(self, preset="book", **overrides):
         return super().resolve(
@@ -112,23 +114,86 @@ class TinyStableForward(sf.StableForward):
         )
 
     def predict(self, config, measured=None, *, theory=sf.default_theory):
-        if self.doubling:
-            predicted = super().predict(config, measured, theory=theory)
-            return {**predicted, "A.linear.bn": 2.0}
-        return super().predict(config, measured, theory=theory)
+        predicted = super().predict(config, measured, theory=theory)
+        return {**predicted, "A.linear.bn": 2.0} if self.doubling else predicted
+
+    def check(self, config, measured, predicted):
+        checks = super().check(config, measured, predicted)
+        if self.alternative is None:
+            return checks
+        text, value = self.alternative
+        return [
+            claims.check_close(
+                c.id,
+                c.paper,
+                c.statement,
+                c.predicted,
+                c.measured,
+                rel_tol=sf.GROWTH_REL_TOL,
+                alternative=(text, c.measured if value is None else value),
+            )
+            for c in checks
+        ]
 
 
-def test_claims_exits_nonzero_when_a_claim_fails(monkeypatch, capsys, tmp_path):
+def test_claims_gate_on_the_expected_verdicts(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path))
     monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward())
-    assert cli.main(["claims", "--only", "01_stable_forward"]) == 0
-    assert "1 of 1 claims reproduced" in capsys.readouterr().out
-    monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward(doubling=True))
-    assert cli.main(["claims", "--only", "01_stable_forward"]) == 1
+    assert cli.main(["claims", "--only", "01_stable_forward", "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
-    assert "not reproduced" in out and "0 of 1 claims reproduced" in out
+    assert "1 of 1 claims (paper and derived) reproduced" in out and "2/2" in out
+    assert "every verdict equals the book's expectation" in out
+    monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward(doubling=True))
+    assert cli.main(["claims", "--only", "01_stable_forward", "--seeds", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "0 of 1 claims" in out and "1 verdict(s) differ from the book's expectation" in out
 
 
-def test_claims_only_rejects_unknown_notebooks(capsys):
-    assert cli.main(["claims", "--only", "nothing"]) == 2
-    assert "--only" in capsys.readouterr().err
+def test_claims_json_writes_every_row_and_seed(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward())
+    target = tmp_path / "claims.json"
+    assert cli.main(["claims", "--only", "01_stable_forward", "--seeds", "0,1", "--json", str(target)]) == 0
+    records = json.loads(target.read_text())
+    assert [(r["id"], r["seed"]) for r in records] == [("A.linear.bn", 0), ("A.linear.bn", 1)]
+    assert set(records[0]) >= {
+        "id",
+        "notebook",
+        "kind",
+        "paper",
+        "statement",
+        "alternative",
+        "predicted",
+        "measured",
+        "tolerance",
+        "passed",
+        "expected",
+    }
+
+
+def test_claims_falsify_flags_a_row_that_passes_under_its_alternative(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path))
+
+    def run(alternative):
+        monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward(alternative=alternative))
+        return cli.main(["claims", "--only", "01_stable_forward", "--seeds", "0", "--falsify"])
+
+    assert run(("the measurement itself", None)) == 1
+    assert "cannot tell their claim from its alternative" in capsys.readouterr().out
+    assert run(("doubling per block", 2.0)) == 0
+    assert "every row fails under its alternative" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--only", "nothing"], "--only: unknown notebook 'nothing'"),
+        (["--only", "01_stable_forward", "nothing"], "--only: unknown notebook 'nothing'"),
+        (["--json", "/no/such/folder/claims.json"], "--json: the folder"),
+        (["--seeds", "0,x"], "--seeds: invalid value"),
+        (["--preset", "huge"], "--preset: invalid value 'huge'"),
+    ],
+)
+def test_claims_options_are_checked_before_any_compute(args, message, capsys):
+    assert cli.main(["claims", *args]) == 2
+    assert message in capsys.readouterr().err

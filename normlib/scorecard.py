@@ -1,0 +1,163 @@
+"""The book's scorecard: every claim of every chapter, evaluated over seeds, with what each verdict is worth.
+
+:func:`evaluate` runs chapters (through the result cache) at each seed and returns one tidy row per (claim, seed).
+:func:`robustness` folds the seeds: a row counts as **reproduced** only when it passes at every seed evaluated,
+and ``seeds_reproduced`` says at how many it did. :func:`headline` counts the ``paper`` and ``derived`` rows (the
+claims about the papers); ``known`` and ``identity`` rows are sanity checks beneath it. :func:`gate` lists the rows
+whose verdict differs from the one the book expects, and :func:`not_discriminating` those that cannot tell their
+claim from its alternative. The command line (``python -m normlib claims``) and the scorecard page both use these.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from normlib import claims
+from normlib.experiments import EXPERIMENTS, get_experiment
+
+__all__ = [
+    "BOOK_SEEDS",
+    "evaluate",
+    "robustness",
+    "headline",
+    "gate",
+    "not_discriminating",
+    "deviation",
+    "plot",
+]
+
+#: The seeds every reproduced row must hold at.
+BOOK_SEEDS = (0, 1, 2)
+
+#: Columns of :func:`evaluate`, in order (``--json`` writes them all).
+COLUMNS = [
+    "notebook",
+    "seed",
+    "id",
+    "kind",
+    "paper",
+    "statement",
+    "alternative",
+    "predicted",
+    "measured",
+    "tolerance",
+    "passed",
+    "expected",
+    "reason",
+    "alternative_value",
+    "alternative_passed",
+    "low",
+    "high",
+]
+
+
+def evaluate(
+    notebooks: Iterable[str] | None = None,
+    seeds: Sequence[int] = BOOK_SEEDS,
+    preset: str = "book",
+    *,
+    progress: Any = None,
+) -> pd.DataFrame:
+    """Every claim of ``notebooks`` (default: all) at each of ``seeds``: one row per (claim, seed) with the
+    :data:`COLUMNS`. ``progress`` (a callable taking a message) hears about each chapter and seed as it starts."""
+    rows = []
+    for stem in notebooks or EXPERIMENTS:
+        chapter = get_experiment(stem)
+        for seed in seeds:
+            if progress is not None:
+                progress(f"evaluating {stem} at preset={preset} seed={seed}")
+            for check in chapter.evaluate(chapter.resolve(preset, seed=seed)):
+                rows.append({"notebook": stem, "seed": int(seed), **asdict(check)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def robustness(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim: its fields at the first seed, ``seeds`` (how many were evaluated),
+    ``seeds_reproduced`` (at how many it passed), ``reproduced`` (at all of them) and ``verdict``."""
+    first = rows.sort_values("seed").groupby(["notebook", "id"], sort=False).first().reset_index()
+    counts = rows.groupby(["notebook", "id"], sort=False)["passed"].agg(seeds="count", seeds_reproduced="sum")
+    out = first.merge(counts.reset_index(), on=["notebook", "id"])
+    out["reproduced"] = out["seeds_reproduced"] == out["seeds"]
+    out["verdict"] = np.where(out["reproduced"], "reproduced", "not reproduced")
+    order = {stem: i for i, stem in enumerate(EXPERIMENTS)}
+    return out.sort_values("notebook", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
+def headline(folded: pd.DataFrame) -> dict[str, int]:
+    """``reproduced`` of ``claims`` (``paper`` and ``derived`` rows, reproduced at every seed), and the count of
+    rows per kind."""
+    main = folded[folded["kind"].isin(claims.HEADLINE_KINDS)]
+    counts = {f"n_{kind}": int((folded["kind"] == kind).sum()) for kind in claims.KINDS}
+    return {"claims": len(main), "reproduced": int(main["reproduced"].sum()), **counts}
+
+
+def gate(rows: pd.DataFrame) -> pd.DataFrame:
+    """The (claim, seed) rows whose verdict differs from the verdict the book expects, unexpected passes included."""
+    return rows[rows["passed"] != rows["expected"]]
+
+
+def not_discriminating(rows: pd.DataFrame) -> pd.DataFrame:
+    """The (claim, seed) rows that cannot tell their claim from its alternative: a non-identity row without an
+    alternative, or one that passes and would pass under its alternative too."""
+    no_alternative = (rows["alternative"] == "") | rows["alternative_passed"].isna()
+    passes_both = rows["passed"] & (rows["alternative_passed"] == True)  # noqa: E712 (None stays False)
+    return rows[(rows["kind"] != "identity") & (no_alternative | passes_both)]
+
+
+def deviation(row: pd.Series | dict[str, Any]) -> float:
+    """Where the measurement lies against its pass interval ``[low, high]``, in units of the tolerance: for a
+    two-sided interval, (measured - centre) / half-width (it passes within ±1); for a bound, the relative
+    distance from it, positive on the failing side (it passes at or below 0). NaN without an interval."""
+    low, high, measured = float(row["low"]), float(row["high"]), float(row["measured"])
+    if math.isnan(low) or math.isnan(high) or math.isnan(measured):
+        return math.nan
+    if math.isinf(high) and not math.isinf(low):
+        return (low - measured) / max(abs(low), 1e-300)
+    if math.isinf(low) and not math.isinf(high):
+        return (measured - high) / max(abs(high), 1e-300)
+    half = (high - low) / 2
+    return (measured - (low + high) / 2) / half if half > 0 else math.copysign(math.inf, measured - low)
+
+
+def plot(folded: pd.DataFrame, ax: Any = None) -> Any:
+    """One row per check: where its measurement lies against its tolerance (:func:`deviation`, symmetric-log axis;
+    the band is where it passes), coloured by verdict, marked by kind, grouped by chapter. Rows whose verdict is
+    computed by the caller (an ordering, a count) sit at 0 or at the failing edge."""
+    import matplotlib.pyplot as plt
+
+    from normlib import plotting
+
+    folded = folded.reset_index(drop=True)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 0.18 * len(folded) + 1.5))
+    markers = {"paper": "o", "derived": "s", "known": "D", "identity": "x"}
+    limit = 1e3
+    y = np.arange(len(folded))[::-1]
+    for i, row in folded.iterrows():
+        value = deviation(row)
+        two_sided = not (math.isinf(float(row["low"])) or math.isinf(float(row["high"])))
+        if math.isnan(value):
+            value = 0.0 if row["passed"] else limit
+        value = float(np.clip(value, -limit, limit))
+        band = (-1, 1) if two_sided else (-limit, 0)
+        ax.plot(band, [y[i], y[i]], color="0.85", lw=4, solid_capstyle="butt", zorder=1)
+        color = plotting.VERDICT_COLORS["reproduced" if row["reproduced"] else "not reproduced"]
+        ax.scatter([value], [y[i]], marker=markers[row["kind"]], color=color, s=28, zorder=3)
+    ax.axvline(0, color="0.5", lw=0.6)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(-limit * 1.5, limit * 1.5)
+    ax.set_yticks(y, folded["id"], fontsize=7)
+    starts = folded.groupby("notebook", sort=False).head(1).index
+    for start in starts[1:]:
+        ax.axhline(y[start] + 0.5, color="0.7", lw=0.6)
+    ax.set_xlabel("deviation in units of the tolerance (grey: where a row passes; + is the failing side of a bound)")
+    handles = [plt.Line2D([], [], marker=m, ls="", color="0.3", label=k) for k, m in markers.items()]
+    handles += [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in plotting.VERDICT_COLORS.items()]
+    ax.legend(handles=handles, loc="lower right", fontsize=7, frameon=True)
+    return ax
