@@ -198,7 +198,10 @@ def command_claims(args: argparse.Namespace) -> int:
     if args.json is not None and not Path(args.json).expanduser().absolute().parent.is_dir():
         raise UsageError(f"--json: the folder of {args.json!r} does not exist; create it or choose another file")
 
-    rows = scorecard.evaluate(stems, seeds, args.preset, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs: invalid value {args.jobs!r}; allowed: a positive number of processes")
+    print(f"evaluating {', '.join(stems)} at preset={args.preset}, seeds {args.seeds}", file=sys.stderr, flush=True)
+    rows = scorecard.evaluate(stems, seeds, args.preset, jobs=args.jobs)
     folded = scorecard.robustness(rows)
     folded["seeds reproduced"] = folded["seeds_reproduced"].astype(str) + "/" + folded["seeds"].astype(str)
     _print_rows(folded, ["id", "kind", "predicted", "measured", "tolerance", "seeds reproduced", "verdict"])
@@ -278,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--only", nargs="+", help="notebook names to evaluate (default: all)")
     check.add_argument("--seeds", default="0,1,2", help="seeds to evaluate every claim at (default: 0,1,2)")
     check.add_argument("--json", default=None, metavar="FILE", help="write every (claim, seed) row to FILE")
+    check.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes evaluating chapters and seeds (default: one per CPU; 1: in this process)",
+    )
     check.add_argument(
         "--falsify", action="store_true", help="also exit 1 if any row passes under its alternative, or has none"
     )

@@ -11,12 +11,16 @@ claim from its alternative. The command line (``python -m normlib claims``) and 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from normlib import claims
 from normlib.experiments import EXPERIMENTS, get_experiment
@@ -57,24 +61,50 @@ COLUMNS = [
 ]
 
 
+def evaluate_chapter(notebook: str, preset: str, seed: int, executor: Any = None) -> list[dict[str, Any]]:
+    """Every claim of one chapter at one seed, as plain records (a sweep sends this to worker processes)."""
+    chapter = get_experiment(notebook)
+    checks = chapter.evaluate(chapter.resolve(preset, seed=seed), executor=executor)
+    return [{"notebook": notebook, "seed": int(seed), **asdict(check)} for check in checks]
+
+
 def evaluate(
     notebooks: Iterable[str] | None = None,
     seeds: Sequence[int] = BOOK_SEEDS,
     preset: str = "book",
     *,
-    progress: Any = None,
+    jobs: int | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Every claim of ``notebooks`` (default: all) at each of ``seeds``: one row per (claim, seed) with the
-    :data:`COLUMNS`. ``progress`` (a callable taking a message) hears about each chapter and seed as it starts."""
-    rows = []
-    for stem in notebooks or EXPERIMENTS:
-        chapter = get_experiment(stem)
-        for seed in seeds:
-            if progress is not None:
-                progress(f"evaluating {stem} at preset={preset} seed={seed}")
-            for check in chapter.evaluate(chapter.resolve(preset, seed=seed)):
-                rows.append({"notebook": stem, "seed": int(seed), **asdict(check)})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    :data:`COLUMNS`.
+
+    Each (chapter, seed) is one job of a local process pool of ``jobs`` workers (default: one per CPU), inside
+    which the chapter runs its own pieces one after another, so the cores stay busy across chapters; ``jobs=1``
+    runs everything in this process. Every measurement goes through the result cache either way, so the chapters'
+    pages and a second call read what the first computed."""
+    grid = [
+        {"notebook": stem, "preset": preset, "seed": int(seed)} for stem in notebooks or EXPERIMENTS for seed in seeds
+    ]
+    if jobs == 1:
+        records = [evaluate_chapter(**point) for point in grid]
+    else:
+        from normlib.sweep import sweep
+
+        workers = jobs or os.cpu_count() or 1
+        with ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
+        ) as pool:
+            grid = [{**point, "executor": "serial"} for point in grid]
+            swept = sweep(
+                evaluate_chapter, grid, executor=pool, cache=False, progress=progress, desc="claims (chapter x seed)"
+            )
+        records = list(swept["result"])
+    return pd.DataFrame([row for rows in records for row in rows], columns=COLUMNS)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
 
 
 def robustness(rows: pd.DataFrame) -> pd.DataFrame:

@@ -139,12 +139,12 @@ class TinyStableForward(sf.StableForward):
 def test_claims_gate_on_the_expected_verdicts(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path))
     monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward())
-    assert cli.main(["claims", "--only", "01_stable_forward", "--seeds", "0,1"]) == 0
+    assert cli.main(["claims", "--jobs", "1", "--only", "01_stable_forward", "--seeds", "0,1"]) == 0
     out = capsys.readouterr().out
     assert "1 of 1 claims (paper and derived) reproduced" in out and "2/2" in out
     assert "every verdict equals the book's expectation" in out
     monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward(doubling=True))
-    assert cli.main(["claims", "--only", "01_stable_forward", "--seeds", "0"]) == 1
+    assert cli.main(["claims", "--jobs", "1", "--only", "01_stable_forward", "--seeds", "0"]) == 1
     out = capsys.readouterr().out
     assert "0 of 1 claims" in out and "1 verdict(s) differ from the book's expectation" in out
 
@@ -153,7 +153,9 @@ def test_claims_json_writes_every_row_and_seed(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward())
     target = tmp_path / "claims.json"
-    assert cli.main(["claims", "--only", "01_stable_forward", "--seeds", "0,1", "--json", str(target)]) == 0
+    assert (
+        cli.main(["claims", "--jobs", "1", "--only", "01_stable_forward", "--seeds", "0,1", "--json", str(target)]) == 0
+    )
     records = json.loads(target.read_text())
     assert [(r["id"], r["seed"]) for r in records] == [("A.linear.bn", 0), ("A.linear.bn", 1)]
     assert set(records[0]) >= {
@@ -176,7 +178,7 @@ def test_claims_falsify_flags_a_row_that_passes_under_its_alternative(monkeypatc
 
     def run(alternative):
         monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward(alternative=alternative))
-        return cli.main(["claims", "--only", "01_stable_forward", "--seeds", "0", "--falsify"])
+        return cli.main(["claims", "--jobs", "1", "--only", "01_stable_forward", "--seeds", "0", "--falsify"])
 
     assert run(("the measurement itself", None)) == 1
     assert "cannot tell their claim from its alternative" in capsys.readouterr().out
