@@ -9,6 +9,8 @@ Initialization (papers.md §1.3): every plain ``nn.Conv2d`` gets He init,
 ``kaiming_normal_(mode="fan_in", nonlinearity="relu")``, i.e. weights ~ N(0, 2/fan_in), and a
 zero bias. WN/SWS convolutions keep the initialization of :mod:`normlib.layers` (their
 forward is invariant to the weight scale). ``nn.Linear`` keeps torch's default init.
+:func:`make_resnet` takes ``init`` to use another one for the plain convolutions (:data:`INIT_GAINS`):
+``"lecun"``, N(0, 1/fan_in), or ``"torch"``, PyTorch's own default.
 
 Both model classes expose where the probes of :mod:`normlib.probes` look, in forward order:
 ``probe_points()`` (activations) and ``conv_points()`` (convolution outputs).
@@ -41,6 +43,8 @@ __all__ = [
     "make_vgg",
     "build_model",
     "he_init_",
+    "INIT_GAINS",
+    "init_convs_",
     "nf_betas",
 ]
 
@@ -91,6 +95,34 @@ def he_init_(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if type(module) is nn.Conv2d:
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+#: The initializations :func:`init_convs_` knows, each with ``fan_in * Var(w)``: the factor by which a convolution
+#: with these weights multiplies the second moment of its input, on average over the weights. ``he``:
+#: ``kaiming_normal_(nonlinearity="relu")``, N(0, 2/fan_in); ``lecun``: ``kaiming_normal_(nonlinearity="linear")``,
+#: N(0, 1/fan_in) (Xavier/Glorot's variance when fan_in = fan_out); ``torch``: PyTorch's default
+#: ``reset_parameters()``, ``kaiming_uniform_(a=sqrt(5))``, uniform on +-gain*sqrt(3/fan_in) with
+#: gain = sqrt(2/(1+a^2)) = sqrt(1/3), so +-1/sqrt(fan_in) and a variance of 1/(3 fan_in).
+INIT_GAINS: dict[str, float] = {"he": 2.0, "lecun": 1.0, "torch": 1.0 / 3.0}
+
+
+def init_convs_(model: nn.Module, init: str = "he") -> nn.Module:
+    """Initialize every plain conv in ``model`` in place with ``init`` (a name of :data:`INIT_GAINS`); ``"he"`` is
+    :func:`he_init_`. ``"lecun"`` draws the same standard normals as ``"he"`` would from the same random state, so
+    the two differ by the factor sqrt(2) only. Biases are zeroed, except by ``"torch"``, which keeps PyTorch's."""
+    if init not in INIT_GAINS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(INIT_GAINS)}")
+    if init == "he":
+        return he_init_(model)
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            if init == "torch":
+                module.reset_parameters()
+                continue
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="linear")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
@@ -322,7 +354,8 @@ class ResNet(nn.Module):
     the remedy.
 
     Blocks are stored flat in ``blocks``; probe points are ``stem`` and ``block1`` ...
-    ``block{3n}`` (the residual stream).
+    ``block{3n}`` (the residual stream). ``init`` initializes the plain convolutions (:func:`init_convs_`; the
+    default He init is the book's).
     """
 
     def __init__(
@@ -336,9 +369,12 @@ class ResNet(nn.Module):
         alpha: float = 0.2,
         in_channels: int = 3,
         num_classes: int = 100,
+        init: str = "he",
         **norm_opts,
     ):
         super().__init__()
+        if init not in INIT_GAINS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INIT_GAINS)}")
         n = _blocks_per_stage(depth)
         if len(widths) != 3:
             raise ValueError(f"widths must give the 3 stage widths, got {tuple(widths)}")
@@ -361,7 +397,7 @@ class ResNet(nn.Module):
                 ch = width
         self.blocks = nn.Sequential(*self._make_blocks(shapes, norm, block, skipinit, remedy, alpha, **norm_opts))
         self.classifier = nn.Linear(ch, num_classes)
-        he_init_(self)
+        init_convs_(self, init)
 
     @staticmethod
     def _make_blocks(shapes, norm, block, skipinit, remedy, alpha, **norm_opts):
@@ -411,10 +447,12 @@ def make_resnet(
     alpha: float = 0.2,
     in_channels: int = 3,
     num_classes: int = 100,
+    init: str = "he",
     **norm_opts,
 ) -> ResNet:
-    """Build a CIFAR :class:`ResNet` (see its docstring); ``norm_opts`` go to the normalizer."""
-    return ResNet(depth, widths, norm, block, skipinit, remedy, alpha, in_channels, num_classes, **norm_opts)
+    """Build a CIFAR :class:`ResNet` (see its docstring); ``init`` initializes its plain convolutions
+    (:func:`init_convs_`: ``"he"``, the default, ``"lecun"`` or ``"torch"``); ``norm_opts`` go to the normalizer."""
+    return ResNet(depth, widths, norm, block, skipinit, remedy, alpha, in_channels, num_classes, init, **norm_opts)
 
 
 #: VGG configurations: an int is a 3x3 conv -> norm -> ReLU unit with that many channels, ``"M"`` a 2x2 max-pool.

@@ -5,10 +5,11 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from normlib import data, presets, theory
+from normlib import claims, data, presets, theory
 from normlib.experiments import large_learning_rates as ll
 from normlib.params import ParameterError
 
@@ -137,16 +138,110 @@ class HundredfoldNoise:
         return 100 * variance / np.asarray(batch_size)
 
 
+IDS = {
+    "L.threshold",
+    "L.threshold_none",
+    "L.small_lr",
+    "L.best_lr",
+    "L.noise_batch",
+    "L.noise_level",
+    "L.noise_step",
+}
+
+
+def _rows(config, measured, theory_=theory):
+    return {c.id: c for c in chapter.check(config, measured, chapter.predict(config, measured, theory=theory_))}
+
+
+def test_every_row_has_a_kind_and_an_alternative(tiny):
+    config, measured = tiny
+    rows = _rows(config, measured)
+    assert set(rows) == IDS
+    for c in rows.values():
+        assert c.kind in claims.KINDS, c.id
+        if c.kind != "identity":
+            assert c.alternative and c.alternative_passed is not None, c.id
+        if not c.expected:
+            assert c.reason, c.id
+    # the sampling laws hold by construction: identities, outside the headline
+    assert {i for i, c in rows.items() if c.kind == "identity"} == {"L.noise_batch", "L.noise_level", "L.noise_step"}
+
+
 def test_claims_fail_when_the_theory_is_wrong(tiny):
     config, measured = tiny
-    checks = {c.id: c for c in chapter.check(config, measured, chapter.predict(config, measured))}
-    assert set(checks) == {"L.threshold", "L.small_lr", "L.best_lr", "L.noise_batch", "L.noise_level", "L.noise_step"}
     steps = measured["noise_steps"].assign(scaled=lambda f: f.deviation / f.step_size**2)
     by_alpha = steps.pivot(index="draw", columns="step_size", values="scaled").to_numpy()
     # every step size draws its own mini-batches, so L.noise_step is a statistical test, not an identity
     assert not np.allclose(by_alpha[:, 0], by_alpha[:, 1], rtol=1e-3)
     wrong = chapter.predict(config, measured, theory=HundredfoldNoise())
     assert not {c.id: c.passed for c in chapter.check(config, measured, wrong)}["L.noise_level"]
+
+
+def _divergence(config, none_threshold: float, norm_threshold: float | None) -> pd.DataFrame:
+    """A synthetic divergence frame on ``config``'s grid: the relative loss jumps to 1e9 at each network's threshold
+    (``None``: never, beyond the grid)."""
+    rows = []
+    for norm, threshold in (("bn", norm_threshold), ("none", none_threshold)):
+        for b in range(config["divergence_batches"]):
+            for a in config["step_sizes"]:
+                diverged = threshold is not None and a >= threshold
+                rows.append({"norm": norm, "batch": b, "step_size": a, "relative_loss": 1e9 if diverged else 0.5})
+    return pd.DataFrame(rows).assign(initial_loss=2.3)
+
+
+def test_divergence_rows_flip_under_their_alternatives(tiny):
+    config, measured = tiny
+    config = chapter.resolve("book", **{**TINY, "step_sizes": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]})
+    # as in the paper: the unnormalized network diverges at 1e-3, the normalized one never (a censored ratio)
+    rows = _rows(config, {**measured, "divergence": _divergence(config, 1e-3, None)})
+    assert rows["L.threshold"].passed and "lower bound" in rows["L.threshold"].statement
+    assert rows["L.threshold"].measured == pytest.approx(1e4) and rows["L.threshold"].alternative_passed is False
+    assert rows["L.threshold_none"].passed and rows["L.threshold_none"].alternative_passed is False
+    # under the alternative: the normalizer does not move the threshold, which is far from the paper's
+    rows = _rows(config, {**measured, "divergence": _divergence(config, 1.0, 1.0)})
+    assert not rows["L.threshold"].passed and rows["L.threshold"].measured == pytest.approx(1.0)
+    assert "lower bound" not in rows["L.threshold"].statement
+    assert not rows["L.threshold_none"].passed
+
+
+def _train(accuracy: dict, loss: dict) -> pd.DataFrame:
+    """A synthetic training grid: test accuracy and final loss per (norm, lr); nothing diverged."""
+    rows = [
+        {
+            "norm": norm,
+            "lr": lr,
+            "diverged": False,
+            "diverged_step": None,
+            "final_loss": loss[(norm, lr)],
+            "test_accuracy": acc,
+            "train_accuracy": acc,
+            "steps": 10,
+            "loss": [2.3, loss[(norm, lr)]],
+        }
+        for (norm, lr), acc in accuracy.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_training_rows_use_test_accuracy_and_flip_under_their_alternatives(tiny):
+    config, measured = tiny
+    config = chapter.resolve("book", **{**TINY, "learning_rates": [0.001, 0.01, 0.1]})
+    lrs = config["learning_rates"]
+    # as in the paper's Fig. 1: parity at the smallest rate, the normalized network best at a 10x larger rate
+    accuracy = {("bn", 0.001): 0.80, ("bn", 0.01): 0.85, ("bn", 0.1): 0.93}
+    accuracy |= {("none", 0.001): 0.81, ("none", 0.01): 0.70, ("none", 0.1): 0.10}
+    # the training loss ranks the rates the other way round: the rows must follow test accuracy
+    loss = {(n, lr): 1.0 + lr if n == "bn" else 1.0 - lr for n in ("bn", "none") for lr in lrs}
+    rows = _rows(config, {**measured, "train": _train(accuracy, loss)})
+    assert ll.best_learning_rate({"train": _train(accuracy, loss)}, "bn") == 0.1
+    assert rows["L.best_lr"].passed and rows["L.best_lr"].measured == pytest.approx(100.0)
+    assert rows["L.small_lr"].passed and rows["L.small_lr"].alternative_passed is False
+    assert rows["L.best_lr"].alternative_passed is False
+    # under the alternatives: the normalized network ahead at every rate, and best at the same rate as the other
+    ahead = {("bn", 0.001): 0.80, ("bn", 0.01): 0.90, ("bn", 0.1): 0.50}
+    ahead |= {("none", 0.001): 0.60, ("none", 0.01): 0.70, ("none", 0.1): 0.10}
+    rows = _rows(config, {**measured, "train": _train(ahead, loss)})
+    assert not rows["L.small_lr"].passed and not rows["L.best_lr"].passed
 
 
 def test_run_executes_the_notebook_with_papermill(run_notebook):

@@ -80,3 +80,15 @@ def test_bad_arguments():
         theory.fuss_catalan_max(0)
     with pytest.raises(ValueError, match="width"):
         theory.lyapunov_exponents(1)
+
+
+def test_distance_between_laws_is_a_symmetric_sup_and_matches_sampling():
+    assert theory.fuss_catalan_distance(3, 3) == 0
+    assert theory.fuss_catalan_distance(1, 3) == pytest.approx(theory.fuss_catalan_distance(3, 1))
+    # a large sample of the M = 3 law sits at that distance from the M = 1 law
+    rng = np.random.default_rng(4)
+    squares = np.sort(np.concatenate([np.linalg.svd(product(3, 300, rng), compute_uv=False) ** 2 for _ in range(2)]))
+    n = len(squares)
+    cdf = theory.fuss_catalan_cdf(squares, 1)
+    ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+    assert ks == pytest.approx(theory.fuss_catalan_distance(3, 1), abs=0.03)

@@ -17,8 +17,11 @@ Fashion-MNIST; the paper: ResNet-110 on CIFAR-10):
   :math:`C`; mini-batches drawn without replacement give the measured noise
   :math:`\lVert\nabla_{SGD}-\nabla\ell\rVert^2` against :math:`|B|`; and real ``torch.optim.SGD`` steps of size
   :math:`\alpha`, each on its own random mini-batch, give the step's deviation from the full-gradient step against
-  :math:`\alpha`. The predictions are
-  :mod:`normlib.theory.sgd_noise`.
+  :math:`\alpha`. The predictions are :mod:`normlib.theory.sgd_noise`. They are sampling identities: a plain SGD
+  step moves by :math:`-\alpha\nabla_{SGD}`, so its deviation is :math:`\alpha^2\lVert\nabla_{SGD}-\nabla\ell\rVert^2`
+  exactly, and the mean over batches drawn without replacement is the finite-pool law for any set of vectors. Their
+  rows are ``identity`` checks of the code and the law (they fail only on a bug or by Monte-Carlo chance), not
+  evidence about training.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from normlib import theory as default_theory
 from normlib.experiments import checks as shared_checks
 from normlib.experiments.protocol import Experiment, Predictions
 from normlib.params import Config, Param, ParameterError
-from normlib.runtime import derive_seed, resolve_device
+from normlib.runtime import derive_seed, resolve_device, torch_threads
 from normlib.sweep import sweep
 from normlib.train import train_model
 
@@ -405,11 +408,11 @@ def measure_all(config: Mapping[str, Any], executor: Any = None, cache: bool = T
     """``{"divergence", "train", "noise", "noise_steps", "noise_variance"}`` (see the module doc); ``cache``
     applies to the training sweep's points."""
     device = resolve_device(config["device"])
-    return {
-        "divergence": _divergence_frame(config, device),
-        "train": _train_frame(config, executor, cache),
-        **_noise_frames(config, device),
-    }
+    # small networks: on a CPU, intra-op threads only add synchronization (and stall on a busy machine)
+    with torch_threads(1 if device.type == "cpu" else None):
+        divergence = _divergence_frame(config, device)
+        noise = _noise_frames(config, device)
+    return {"divergence": divergence, "train": _train_frame(config, executor, cache), **noise}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -452,14 +455,12 @@ def accuracy_table(measured: dict[str, pd.DataFrame], column: str = "test_accura
 
 
 def best_learning_rate(measured: dict[str, pd.DataFrame], norm: str) -> float:
-    """The learning rate of ``norm``'s run that trained furthest: the lowest final training loss (mean over the
-    last tenth of the steps). NaN when every run diverged.
-
-    Training loss, not test accuracy: after a short run at a large learning rate, a BatchNorm network's running
-    statistics (used in evaluation) lag behind its fast-changing weights, and its test accuracy understates how far
-    it trained. This choice was made after seeing that effect in the book's first runs."""
-    column = accuracy_table(measured, "final_loss")[norm]
-    return float(column.idxmin()) if column.notna().any() else float("nan")
+    """The learning rate of ``norm``'s run with the highest test accuracy, the paper's metric (its Fig. 1); the
+    smallest such rate on a tie, NaN when every run diverged. (An earlier version ranked runs by training loss, a
+    metric chosen after looking; by test accuracy the claim does not hold at the book's scale, and the book says
+    so.)"""
+    column = accuracy_table(measured)[norm]
+    return float(column.idxmax()) if column.notna().any() else float("nan")
 
 
 def noise_summary(measured: dict[str, pd.DataFrame], theory: Any = default_theory) -> pd.DataFrame:
@@ -496,15 +497,21 @@ def noise_step_slope(measured: dict[str, pd.DataFrame]) -> float:
 #: "Far below": the unnormalized network's threshold at least ten times smaller (the paper's Fig. 3: about 1e-3
 #: against beyond 1e-1, a hundred times or more).
 THRESHOLD_RATIO_MIN = 10.0
+#: The paper's Fig. 3 (papers.md §2.4): without BN the relative loss of ResNet-110 explodes for steps of about 1e-3
+#: and more (a reading off the plot).
+PAPER_THRESHOLD_NONE = 1e-3
+#: L.threshold_none compares log10 thresholds within one decade (the paper's number is a reading; a decade is the
+#: grid's resolution of two points). Set after looking: the book's measured threshold (about 30) was known.
+THRESHOLD_DECADES_TOL = 1.0
 #: "At the smallest learning rate both end alike": test accuracies within 5 points (the paper: 81-82 % both).
 SMALL_LR_GAP_MAX = 0.05
-#: "Much larger": the normalized network's best learning rate at least ten times the unnormalized one's (paper: 0.1
-#: against 1e-4).
+#: "Much larger": the normalized network's best learning rate (highest test accuracy) at least ten times the
+#: unnormalized one's (paper: 0.1 against 1e-4).
 BEST_LR_RATIO_MIN = 10.0
-#: The noise laws are exact in expectation; the tolerances cover the Monte-Carlo error of ``noise_draws`` draws
-#: (a relative standard error of about 1/sqrt(draws) per point at most, so about 0.05 on a slope over a 30-fold
-#: range at 64 draws): 0.15 on both slopes (batch size, and step size: every step size draws its own mini-batches),
-#: 20 % on the level.
+#: The noise laws are exact in expectation (sampling identities); the tolerances cover the Monte-Carlo error of
+#: ``noise_draws`` draws (a relative standard error of about 1/sqrt(draws) per point at most, so about 0.05 on a
+#: slope over a 30-fold range at 64 draws): 0.15 on both slopes (batch size, and step size: every step size draws
+#: its own mini-batches), 20 % on the level.
 NOISE_SLOPE_TOL = 0.15
 NOISE_LEVEL_REL_TOL = 0.20
 
@@ -535,25 +542,63 @@ class LargeLearningRates(Experiment):
     def check(
         self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
     ) -> list[claims.ClaimCheck]:
-        """L.threshold, L.small_lr, L.best_lr, L.noise_batch, L.noise_level, L.noise_step (see the notebook)."""
+        """L.threshold, L.threshold_none, L.small_lr, L.best_lr (paper), and the identities L.noise_batch,
+        L.noise_level, L.noise_step (see the notebook)."""
         title = layers.norm_info(config["norm"]).title
         ratio, censored = threshold_ratio(config, measured)
+        top = max(config["step_sizes"])
         checks = [
             claims.check_at_least(
                 "L.threshold",
                 PAPER,
                 f"at initialization the network without a normalizer diverges at step sizes at least "
-                f"{THRESHOLD_RATIO_MIN:g}x smaller than with {title}"
-                + (" (measured: a lower bound, the normalized network never diverged on the grid)" if censored else ""),
+                f"{THRESHOLD_RATIO_MIN:g}x smaller than with {title} (median over mini-batches)"
+                + (
+                    f"; the measured ratio is a lower bound: the normalized network never diverged on the grid "
+                    f"(up to {top:g}), which counts as diverging at {top:g}"
+                    if censored
+                    else ""
+                ),
                 THRESHOLD_RATIO_MIN,
                 ratio,
                 kind="paper",
+                alternative=(f"{title} does not move the divergence threshold: ratio 1", 1.0),
             )
         ]
+        table = thresholds(config, measured)
+        base = float(np.median(table[table.norm == BASELINE]["threshold"]))
+        norm_thresholds = table[table.norm == config["norm"]]["threshold"].to_numpy()
+        norm_threshold = float(np.median(np.where(np.isnan(norm_thresholds), top, norm_thresholds)))
+        arch = f"a {config['depth']}-layer plain CNN" if config["arch"] == "cnn" else f"a ResNet-{config['depth']}"
+        checks.append(
+            claims.check_close(
+                "L.threshold_none",
+                PAPER,
+                f"without a normalizer the divergence threshold is about {PAPER_THRESHOLD_NONE:g}, as for the "
+                f"paper's ResNet-110 (Fig. 3); here {arch} on {config['dataset']} (log10 of the median threshold)",
+                float(np.log10(PAPER_THRESHOLD_NONE)),
+                float(np.log10(base)) if base > 0 else float("nan"),
+                abs_tol=THRESHOLD_DECADES_TOL,
+                kind="paper",
+                alternative=(
+                    f"it tolerates steps as large as with {title} (its threshold, measured"
+                    + (", censored at the grid's top)" if censored else ")"),
+                    float(np.log10(norm_threshold)),
+                ),
+                expected=False,
+                reason=(
+                    "the book's network is a shallow plain CNN, not the paper's ResNet-110: by the paper's own "
+                    "argument the threshold falls with depth, and this one diverges only at steps thousands of "
+                    "times larger; the paper preset runs the ResNet-110"
+                ),
+            )
+        )
 
         table = accuracy_table(measured)
         smallest = min(config["learning_rates"])
-        gap = float(abs(table.loc[smallest, config["norm"]] - table.loc[smallest, BASELINE]))
+        gaps = (table[config["norm"]] - table[BASELINE]).abs()
+        gap = float(gaps.loc[smallest])
+        others = gaps.drop(index=smallest).dropna()
         checks.append(
             claims.check_at_most(
                 "L.small_lr",
@@ -563,6 +608,16 @@ class LargeLearningRates(Experiment):
                 SMALL_LR_GAP_MAX,
                 gap,
                 kind="paper",
+                alternative=(
+                    f"{title} is ahead at every learning rate (the largest gap at the other rates where neither "
+                    "diverged)",
+                    float(others.max()) if len(others) else float("nan"),
+                ),
+                expected=False,
+                reason=(
+                    "after one short epoch at a small learning rate neither network has trained far, and the "
+                    "normalized one is ahead; the paper's parity holds for networks trained to convergence"
+                ),
             )
         )
         best_ratio = best_learning_rate(measured, config["norm"]) / best_learning_rate(measured, BASELINE)
@@ -570,11 +625,19 @@ class LargeLearningRates(Experiment):
             claims.check_at_least(
                 "L.best_lr",
                 PAPER,
-                f"the best learning rate (lowest final training loss) with {title} is at least "
+                f"the best learning rate (highest test accuracy, the paper's Fig. 1 metric) with {title} is at least "
                 f"{BEST_LR_RATIO_MIN:g}x the best one without a normalizer",
                 BEST_LR_RATIO_MIN,
                 best_ratio,
                 kind="paper",
+                alternative=(f"{title} allows no larger learning rate: ratio 1", 1.0),
+                expected=False,
+                reason=(
+                    "at the book's scale (one epoch of 10 000 images) both networks score their best test accuracy "
+                    "at the same, middle learning rate: the unnormalized one learns nothing at the largest rate (it "
+                    "stays at chance without diverging), and the normalized one, though its training loss is lowest "
+                    "there, tests lower there after so short a run"
+                ),
             )
         )
 
@@ -582,11 +645,12 @@ class LargeLearningRates(Experiment):
             claims.check_close(
                 "L.noise_batch",
                 PAPER,
-                "SGD noise scales as 1/|B| (log-log slope against the batch size, finite-pool factor removed)",
+                "identity: SGD noise scales as 1/|B| (log-log slope against the batch size, finite-pool factor "
+                "removed; exact in expectation for batches drawn without replacement)",
                 predicted["L.noise_batch"],
                 noise_batch_slope(measured),
                 abs_tol=NOISE_SLOPE_TOL,
-                kind="paper",
+                kind="identity",
             )
         )
         stats = noise_summary(measured)
@@ -595,24 +659,24 @@ class LargeLearningRates(Experiment):
             claims.check_close(
                 "L.noise_level",
                 "derived",
-                "the measured noise equals C/|B| x (N-|B|)/(N-1) (geometric mean of "
-                "measured/predicted over batch sizes; below the paper's bound C/|B|)",
+                "identity: the measured noise equals C/|B| x (N-|B|)/(N-1) (geometric mean of measured/predicted "
+                "over batch sizes; below the paper's bound C/|B|)",
                 predicted["L.noise_level"],
                 level,
                 rel_tol=NOISE_LEVEL_REL_TOL,
-                kind="derived",
+                kind="identity",
             )
         )
         checks.append(
             claims.check_close(
                 "L.noise_step",
                 PAPER,
-                "the deviation of a real SGD step from the full-gradient step scales as alpha^2 "
-                "(log-log slope; independent mini-batches at each step size)",
+                "identity: the deviation of a real SGD step from the full-gradient step scales as alpha^2 "
+                "(log-log slope; it is alpha^2 |g_B - g|^2 exactly, with independent mini-batches at each step size)",
                 predicted["L.noise_step"],
                 noise_step_slope(measured),
                 abs_tol=NOISE_SLOPE_TOL,
-                kind="paper",
+                kind="identity",
             )
         )
         return checks

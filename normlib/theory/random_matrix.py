@@ -54,6 +54,7 @@ __all__ = [
     "fuss_catalan_moment",
     "fuss_catalan_density",
     "fuss_catalan_cdf",
+    "fuss_catalan_distance",
     "product_singular_value_density",
     "product_singular_value_max",
     "lyapunov_exponents",
@@ -146,6 +147,16 @@ def fuss_catalan_cdf(x: np.ndarray | float, num_factors: int) -> np.ndarray:
     cumulative[-1] = cumulative[-2]
     cumulative /= cumulative[-1]
     return np.interp(np.asarray(x, dtype=float), xs, cumulative, left=0.0, right=1.0)
+
+
+def fuss_catalan_distance(num_factors: int, other_factors: int, points: int = 20_001) -> float:
+    r"""The Kolmogorov–Smirnov distance :math:`\sup_x\lvert F_M(x)-F_{M'}(x)\rvert` between two Fuss–Catalan laws
+    (``num_factors`` :math:`=M`, ``other_factors`` :math:`=M'`), on a grid of ``points`` over the wider support:
+    the distance a spectrum that follows the law of :math:`M'` factors keeps, as :math:`N\to\infty`, from the law of
+    :math:`M` (computed from the known laws, so itself known)."""
+    top = max(fuss_catalan_max(num_factors), fuss_catalan_max(other_factors))
+    x = np.linspace(0.0, top, points)
+    return float(np.max(np.abs(fuss_catalan_cdf(x, num_factors) - fuss_catalan_cdf(x, other_factors))))
 
 
 def product_singular_value_density(s: np.ndarray | float, num_factors: int) -> np.ndarray:

@@ -18,7 +18,8 @@ it is drawn *without* replacement, as an epoch's shuffled batches are, the covar
 below the bound by the finite-population factor, which vanishes at :math:`|B| = N` (the full batch has no noise).
 Either way the noise is proportional to :math:`\alpha^2` and, for :math:`|B|\ll N`, to :math:`1/|B|`: a larger
 learning rate means more gradient noise per step, the regularizing effect the paper credits large learning rates
-(enabled by BatchNorm) with.
+(enabled by BatchNorm) with. Both laws hold for any set of per-example gradients: measuring them on a network checks
+the sampling and the code (the book's rows for them are identities), not the regularizing effect itself.
 """
 
 from __future__ import annotations
