@@ -10,14 +10,30 @@ Torch's own CPU reductions of a float16 tensor (``sum``, ``mean``) accumulate in
 sum overflows as soon as a partial sum reaches 65520, although every term and the mean are small.
 :func:`fp16_tree_sum` emulates that accumulator, :func:`fp16_mean` builds the mean on either accumulator, and
 :class:`ReducedPrecision` runs a whole model's forward in a reduced dtype under :func:`torch.autocast`.
+
+**Float32 on a GPU.** By default cuDNN runs float32 convolutions in TF32 (a 10-bit significand, :math:`u=2^{-11}`),
+so "float32" on a GPU is not float32 on a CPU. :func:`exact_float32` turns TF32 off for a measurement, and
+:func:`unit_roundoff` gives the rounding unit :math:`u=\varepsilon/2` of the dtype a measurement actually used, for
+bounds that follow the arithmetic instead of assuming it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACCUMULATORS", "fp16_tree_sum", "fp16_mean", "torch_half_sum_accumulates_in_float32", "ReducedPrecision"]
+__all__ = [
+    "ACCUMULATORS",
+    "fp16_tree_sum",
+    "fp16_mean",
+    "torch_half_sum_accumulates_in_float32",
+    "ReducedPrecision",
+    "exact_float32",
+    "unit_roundoff",
+]
 
 #: The accumulators of :func:`fp16_mean`: float16 partial sums (emulated) or torch's float32 ones.
 ACCUMULATORS = ("fp16", "fp32")
@@ -118,3 +134,31 @@ class ReducedPrecision(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}"
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    r"""Within the block, float32 matrix products and cuDNN convolutions on a GPU compute in IEEE float32, not TF32:
+    ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` are set to ``False`` and
+    restored afterwards (also when the block raises). On a CPU nothing changes: it has no TF32.
+
+    TF32 rounds the inputs of each product to a 10-bit significand (:math:`u=2^{-11}`, 8192 times float32's), which
+    is enough to change a precision-sensitive verdict, or the course of a training run, between devices.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    r"""The unit roundoff :math:`u=\varepsilon/2` of a floating-point ``dtype`` (``torch.finfo(dtype).eps / 2``):
+    :math:`2^{-24}` for float32, :math:`2^{-53}` for float64, :math:`2^{-11}` for float16, :math:`2^{-8}` for
+    bfloat16. A correctly rounded operation has a relative error of at most :math:`u`."""
+    if not dtype.is_floating_point:
+        raise ValueError(f"unit_roundoff needs a floating-point dtype, got {dtype}")
+    return float(torch.finfo(dtype).eps) / 2

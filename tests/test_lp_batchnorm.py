@@ -3,12 +3,13 @@ and the notebook run through the command line (the float16 accumulator and the r
 in test_numerics.py)."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
 import torch
 
-from normlib import presets, theory
+from normlib import claims, presets, theory
 from normlib.experiments import lp_batchnorm as lb
 from normlib.params import ParameterError
 
@@ -23,7 +24,14 @@ def verdicts_of(config, measured, theory=None):
 
 SYNTH = {"dataset": "synthetic", "subset": 64, "test_subset": 32}
 TINY = dict(
-    const_ns=[16, 200], const_repeats=64, sigmas=[4.0, 16.0], overflow_repeats=2, width=8, batch_size=32, **SYNTH
+    const_ns=[16, 200],
+    const_repeats=64,
+    sigmas=[4.0, 16.0],
+    overflow_repeats=2,
+    width=8,
+    batch_size=32,
+    repeats=2,
+    **SYNTH,
 )
 
 
@@ -35,6 +43,7 @@ def test_paper_preset_is_the_official_cifar_regime():
     assert config["schedule"] == "multistep" and config["lr_milestones"] == [81, 122, 164]
     assert config["lr_decay"] == 0.1 and config["epochs"] == 200 and config["batch_size"] == 256
     assert config["seed"] == 123 and config["device"] == "auto" and config["lowp_dtype"] == "float16"
+    assert config["repeats"] == 1
     tc = presets.train_config(config)
     assert tc.peak_lr == pytest.approx(0.1) and tc.epochs == 200
     assert set(config["norms"]) == {"bn", "l1bn", "linfbn", "topkbn", "wn", "bwn"}
@@ -62,6 +71,7 @@ def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
         ({"lowp_dtype": "float16"}, r"parameter 'lowp_dtype'.*'float16' on device 'cpu'"),
         ({"arch": "vgg"}, r"parameter 'arch'.*cnn, resnet"),
         ({"resnet_depth": 21}, r"parameter 'resnet_depth'.*6n\+2"),
+        ({"repeats": 0}, r"parameter 'repeats'"),
         ({"const_repeats": 1}, r"parameter 'const_repeats'"),
         ({"dataset": "imagenet"}, r"parameter 'dataset'"),
         ({"colour": 1}, r"unknown parameter 'colour'"),
@@ -99,80 +109,179 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     constants = measured["constants"]
     assert set(constants.deviation) == set(lb.DEVIATIONS) and set(constants.n) == {16, 200}
     assert set(measured["thresholds"].kind) == {"l2", "l1"} and len(measured["thresholds"]) == 2 * 2 * 2
-    assert set(zip(measured["train"].norm, measured["train"].precision)) == set(lb.training_runs(config))
-    assert len(measured["train"]) == 6 + 2
+    train = measured["train"]
+    assert list(zip(train.norm, train.precision, train.repeat)) == lb.training_runs(config)
+    assert len(train) == 6 + 2 + 2  # six float32 runs, two bfloat16 runs, a second seed of bn and l1bn
+    assert set(train[train.repeat == 1].norm) == {"bn", "l1bn"}
+    assert train[train.repeat == 0].seed.unique().tolist() == [config["seed"]]
+    assert train[train.repeat == 1].seed.unique().tolist() == [lb.repeat_seed(config, 1)] != [config["seed"]]
     again = chapter.measure(config, cache=False, executor="serial")
     for key in ("constants", "thresholds", "curves", "window"):
         pd.testing.assert_frame_equal(measured[key], again[key])
-    cols = ["norm", "precision", "diverged", "final_loss", "test_accuracy", "steps"]
+    cols = ["norm", "precision", "repeat", "seed", "diverged", "final_loss", "test_accuracy", "steps"]
     pd.testing.assert_frame_equal(measured["train"][cols], again["train"][cols])
+
+
+ROWS = {
+    "L.c_l1": "identity",
+    "L.c_linf": "derived",
+    "L.c_topk": "derived",
+    "L.c_derived": "derived",
+    "L.overflow_l2.s4": "identity",
+    "L.overflow_l2.s16": "identity",
+    "L.l1_survives": "identity",
+    "L.l2_fp32_acc": "paper",
+    "L.l1_vs_l2": "paper",
+    "L.bwn_vs_wn": "paper",
+    "L.lowp_l1bn": "derived",
+    "L.lowp_bn": "derived",
+}
+
+
+def rows_of(config, measured, theory=None):
+    return {c.id: c for c in verdicts_of(config, measured, theory)}
 
 
 def test_claims_hold_with_the_right_theory(tiny):
     config, measured = tiny
-    verdicts = {c.id: c for c in verdicts_of(config, measured)}
-    assert {
-        "L.c_l1",
-        "L.c_linf",
-        "L.c_topk",
-        "L.c_derived",
-        "L.overflow_l2.s4",
-        "L.overflow_l2.s16",
-        "L.l1_survives",
-        "L.l1_vs_l2",
-        "L.bwn_vs_wn",
-        "L.lowp_l1bn",
-        "L.lowp_bn",
-    } == set(verdicts)
-    for cid in ("L.c_l1", "L.c_derived", "L.overflow_l2.s4", "L.overflow_l2.s16", "L.l1_survives"):
+    verdicts = rows_of(config, measured)
+    assert set(verdicts) == set(ROWS)
+    for cid in ("L.c_l1", "L.c_linf", "L.c_topk", "L.c_derived", "L.overflow_l2.s4", "L.overflow_l2.s16"):
         assert verdicts[cid].passed, verdicts[cid]
-    assert not verdicts["L.c_linf"].passed and verdicts["L.c_linf"].measured > 1.2  # the code's constant
+    assert verdicts["L.l1_survives"].passed
+    assert verdicts["L.c_linf"].measured > 1.2  # the code's constant: the midpoint of two bounds, not sigma
+    assert not verdicts["L.l2_fp32_acc"].passed and verdicts["L.l2_fp32_acc"].measured == 0
 
 
-class DoubleOverflow:
-    """normlib.theory, except that float16's L2 sum overflows at twice the predicted size."""
+def test_every_row_has_a_kind_and_an_alternative_that_fails(tiny):
+    config, measured = tiny
+    rows = rows_of(config, measured)
+    assert {cid: c.kind for cid, c in rows.items()} == ROWS
+    for c in rows.values():
+        assert c.kind in claims.KINDS and c.alternative and c.alternative_passed is False, c
+        assert c.expected or c.reason, c
+    assert {cid for cid, c in rows.items() if not c.expected} == {"L.l2_fp32_acc", "L.bwn_vs_wn"}
+    assert claims.falsify(list(rows.values())) == []
+
+
+class Theory:
+    """normlib.theory with some functions replaced."""
+
+    def __init__(self, **replaced):
+        self.replaced = replaced
 
     def __getattr__(self, name):
-        return getattr(theory, name)
-
-    def l2_overflow_n(self, sigma):
-        return 2 * theory.l2_overflow_n(sigma)
+        return self.replaced.get(name) or getattr(theory, name)
 
 
-class UnbiasedConstants:
-    """normlib.theory, except that every scaled deviation estimates sigma exactly."""
-
-    def __getattr__(self, name):
-        return getattr(theory, name)
-
-    def l2_deviation_ratio(self, n):
-        return 1.0
-
-    l1_deviation_ratio = linf_deviation_ratio = l2_deviation_ratio
-
-    def topk_deviation_ratio(self, n, k):
-        return 1.0
+def one(n, *args):
+    return 1.0
 
 
-def test_wrong_theories_fail_the_checks(tiny):
+#: Every scaled deviation estimates sigma exactly: the alternative of L.c_linf, L.c_topk and L.c_derived.
+UNBIASED = Theory(l2_deviation_ratio=one, l1_deviation_ratio=one, linf_deviation_ratio=one, topk_deviation_ratio=one)
+
+
+def test_constants_fail_under_their_alternatives(tiny):
     config, measured = tiny
-    verdicts = {c.id: c.passed for c in verdicts_of(config, measured, DoubleOverflow())}
-    assert not verdicts["L.overflow_l2.s4"] and not verdicts["L.overflow_l2.s16"]
-    assert not {c.id: c.passed for c in verdicts_of(config, measured, UnbiasedConstants())}["L.c_derived"]
+    right = rows_of(config, measured)
+    wrong = rows_of(config, measured, UNBIASED)
+    for cid in ("L.c_linf", "L.c_topk", "L.c_derived"):
+        assert right[cid].passed and not wrong[cid].passed, cid
+    assert wrong["L.c_linf"].predicted == right["L.c_linf"].alternative_value == 1.0
+    assert not rows_of(config, measured, Theory(l2_overflow_n=lambda s: 2 * theory.l2_overflow_n(s)))[
+        "L.overflow_l2.s4"
+    ].passed
 
 
-def test_training_claims_follow_the_accuracies(tiny):
+def test_c_l1_fails_on_data_whose_mean_absolute_deviation_is_sigma(tiny):
+    """Rademacher values (+-1) have E|x - mu| = sigma = 1: there the constant sqrt(pi/2) overestimates sigma by
+    itself, the measurement the alternative 'no constant needed' predicts."""
     config, measured = tiny
+    gen = torch.Generator().manual_seed(0)
+    constants = measured["constants"].copy()
+    for n in config["const_ns"]:
+        x = torch.randint(0, 2, (n, config["const_repeats"]), generator=gen).double() * 2 - 1
+        ratio = lb.scaled_deviations(x, config["topk"])["l1"]
+        at = (constants.deviation == "l1") & (constants.n == n)
+        constants.loc[at, "mean"] = float(ratio.mean())
+    row = rows_of(config, {**measured, "constants": constants})["L.c_l1"]
+    assert not row.passed and row.measured == pytest.approx(rows_of(config, measured)["L.c_l1"].alternative_value, 0.05)
+
+
+def test_float16_rows_fail_under_their_alternatives(tiny):
+    config, measured = tiny
+    # a float32 accumulator: the L2 sum of squares never overflows in the sample
+    thresholds = measured["thresholds"].copy()
+    thresholds.loc[thresholds.kind == "l2", "n"] = math.inf
+    rows = rows_of(config, {**measured, "thresholds": thresholds})
+    assert not rows["L.overflow_l2.s4"].passed and not rows["L.overflow_l2.s16"].passed
+    # L1's float16 sum overflows where L2's does
+    window = measured["window"].copy()
+    window.loc[window.kind == "l1", ["finite", "rel_error"]] = [False, math.inf]
+    assert not rows_of(config, {**measured, "window": window})["L.l1_survives"].passed
+    # the paper's failure with a float32 accumulator, had it happened: one non-finite point reproduces it
+    curves = measured["curves"].copy()
+    first = curves.index[(curves.kind == "l2") & (curves.accumulator == "fp32")][0]
+    curves.loc[first, ["finite", "rel_error"]] = [False, math.inf]
+    assert rows_of(config, {**measured, "curves": curves})["L.l2_fp32_acc"].passed
+
+
+def with_accuracies(measured, accuracies, diverged=()):
+    """The tiny measurement with every run's test accuracy set: ``accuracies[(norm, precision)]`` (all repeats) or
+    ``accuracies[(norm, precision, repeat)]``; runs named in ``diverged`` diverged."""
     train = measured["train"].copy()
-    train.loc[train.norm == "wn", ["diverged", "test_accuracy"]] = [True, float("nan")]
-    train.loc[(train.norm == "l1bn") & (train.precision == "float32"), "test_accuracy"] = 0.0
-    train.loc[(train.norm == "bn") & (train.precision == "float32"), "test_accuracy"] = 0.9
-    verdicts = {c.id: c.passed for c in verdicts_of(config, {**measured, "train": train})}
-    assert verdicts["L.bwn_vs_wn"] or bool(train[train.norm == "bwn"].diverged.iloc[0])  # a diverged WN scores 0
-    assert not verdicts["L.l1_vs_l2"]
+    for i, row in train.iterrows():
+        key = (row["norm"], row["precision"])
+        value = accuracies.get((*key, row["repeat"]), accuracies.get(key, 0.5))
+        is_diverged = key in diverged
+        train.loc[i, ["test_accuracy", "diverged"]] = [math.nan if is_diverged else value, is_diverged]
+    return {**measured, "train": train}
+
+
+def test_training_comparisons_fail_under_their_alternatives_and_need_every_arm(tiny):
+    config, measured = tiny
+    lost = 2 * lb.ACC_MARGIN
+    good = {("bn", "float32"): 0.8, ("l1bn", "float32"): 0.8, ("wn", "float32"): 0.7, ("bwn", "float32"): 0.72}
+    good |= {("bn", "bfloat16"): 0.8, ("l1bn", "bfloat16"): 0.79}
+    rows = rows_of(config, with_accuracies(measured, good))
+    for cid in ("L.l1_vs_l2", "L.bwn_vs_wn", "L.lowp_l1bn", "L.lowp_bn"):
+        assert rows[cid].passed and rows[cid].alternative_passed is False, cid
+    # each arm loses twice the margin: the alternatives, measured
+    worse = {
+        "L.l1_vs_l2": {("l1bn", "float32"): 0.8 - lost},
+        "L.bwn_vs_wn": {("bwn", "float32"): 0.7 - lost},
+        "L.lowp_l1bn": {("l1bn", "bfloat16"): 0.8 - lost},
+        "L.lowp_bn": {("bn", "bfloat16"): 0.8 - lost},
+    }
+    for cid, change in worse.items():
+        row = rows_of(config, with_accuracies(measured, good | change))[cid]
+        assert not row.passed and row.measured == pytest.approx(row.alternative_value), cid
+    # the mean over seeds: one bad seed of L1 can sink the mean
+    mean_low = rows_of(config, with_accuracies(measured, good | {("l1bn", "float32", 1): 0.8 - 2 * lost}))
+    assert not mean_low["L.l1_vs_l2"].passed and mean_low["L.l1_vs_l2"].measured == pytest.approx(0.8 - lost)
+    # a comparison counts only when every arm trained: a diverged WN no longer makes bounded WN "win"
+    for diverged, cid in (({("wn", "float32")}, "L.bwn_vs_wn"), ({("bn", "bfloat16")}, "L.lowp_bn")):
+        assert not rows_of(config, with_accuracies(measured, good, diverged))[cid].passed, cid
     only = chapter.resolve("book", **{**TINY, "norms": ["bn", "wn"], "lowp_norms": ["bn"]})
-    ids = {c.id for c in verdicts_of(only, measured)}
+    ids = set(rows_of(only, measured))
     assert "L.l1_vs_l2" not in ids and "L.bwn_vs_wn" not in ids and "L.lowp_bn" in ids
+
+
+def test_float16_rows_are_the_papers_claims(tiny):
+    """With float16 autocast (a GPU's paper preset) L1 must train as in float32 and L2 must fail; a plain mapping
+    stands in for the configuration, which refuses float16 on this CPU."""
+    config, measured = tiny
+    fp16 = {**config, "lowp_dtype": "float16"}
+    train = measured["train"].replace({"precision": {"bfloat16": "float16"}})
+    accuracies = {("bn", "float32"): 0.8, ("l1bn", "float32"): 0.8, ("l1bn", "float16"): 0.8, ("bn", "float16"): 0.8}
+    fake = with_accuracies({**measured, "train": train}, accuracies)
+    rows = rows_of(fp16, fake)
+    assert rows["L.lowp_l1bn"].kind == rows["L.lowp_bn"].kind == "paper"
+    assert rows["L.lowp_l1bn"].passed and not rows["L.lowp_bn"].passed  # L2 trained: the paper's failure is absent
+    assert rows["L.lowp_bn"].alternative_passed is False
+    failed = rows_of(fp16, with_accuracies({**measured, "train": train}, accuracies, {("bn", "float16")}))
+    assert failed["L.lowp_bn"].passed
 
 
 def test_run_executes_the_notebook_with_papermill(run_notebook):
@@ -196,6 +305,6 @@ def test_run_executes_the_notebook_with_papermill(run_notebook):
     assert len(list((run_dir / "figures").glob("*.png"))) >= 3
     records = json.loads((run_dir / "claims.json").read_text())
     ids = {r["id"] for r in records}
-    assert {"L.c_l1", "L.overflow_l2.s4", "L.l1_survives", "L.l1_vs_l2", "L.lowp_l1bn"} <= ids
+    assert {"L.c_l1", "L.overflow_l2.s4", "L.l1_survives", "L.l2_fp32_acc", "L.l1_vs_l2", "L.lowp_l1bn"} <= ids
     assert "L.bwn_vs_wn" not in ids and "L.lowp_bn" not in ids
     assert json.loads((run_dir / "parameters.json").read_text())["width"] == 4

@@ -67,3 +67,31 @@ def test_reduced_precision_wrapper():
     out.sum().backward()
     assert all(p.dtype == torch.float32 and p.grad is not None for p in net.parameters())
     assert len(net.conv_points()) == 2 and len(net.probe_points()) == 2 and "bfloat16" in repr(net)
+
+
+def test_exact_float32_turns_tf32_off_and_restores_it():
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with numerics.exact_float32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with pytest.raises(RuntimeError), numerics.exact_float32():
+            raise RuntimeError("restored on the way out too")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def test_unit_roundoff_is_half_the_machine_epsilon_of_the_dtype():
+    assert numerics.unit_roundoff(torch.float32) == 2.0**-24
+    assert numerics.unit_roundoff(torch.float64) == 2.0**-53
+    assert numerics.unit_roundoff(torch.float16) == 2.0**-11
+    assert numerics.unit_roundoff(torch.bfloat16) == 2.0**-8
+    # a correctly rounded sum: 1 + u rounds to 1 (a tie, to even), 1 + 2u is exactly representable
+    for dtype in (torch.float32, torch.float64):
+        u = numerics.unit_roundoff(dtype)
+        one = torch.ones((), dtype=dtype)
+        assert float(one + u) == 1.0 and float(one + 2 * u) == 1.0 + 2 * u
+    with pytest.raises(ValueError, match="floating-point"):
+        numerics.unit_roundoff(torch.int32)

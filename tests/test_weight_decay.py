@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from normlib import data, models, presets, theory
+from normlib import claims, data, models, presets, theory
 from normlib.experiments import weight_decay as wd
 from normlib.params import ParameterError
 from normlib.train import lr_at
@@ -160,30 +160,107 @@ def test_claims_hold_with_the_right_theory(tiny):
     }
     for claim in ("W.invariance", "W.gradient", "W.eps", "W.angular", "W.recursion"):
         assert verdicts[claim].passed, verdicts[claim]
+    assert "float32 rounding" in verdicts["W.recursion"].statement and measured["device"] == "cpu"
 
 
-class WrongTheory:
-    """normlib.theory, except that BatchNorm's epsilon makes no difference, the chord is twice the first-order
-    angle, and the epsilon term of the norm recursion is 1."""
+ROWS = {
+    "W.invariance": "identity",
+    "W.gradient": "identity",
+    "W.eps": "identity",
+    "W.angular": "identity",
+    "W.recursion": "identity",
+    "W.equilibrium": "derived",
+    "W.gap": "paper",
+    "W.correction": "paper",
+}
+
+
+def rows_of(config, measured, theory=theory):
+    return {c.id: c for c in chapter.check(config, measured, chapter.predict(config, measured, theory=theory))}
+
+
+def test_every_row_has_a_kind_and_an_alternative_that_fails(tiny):
+    config, measured = tiny
+    rows = rows_of(config, measured)
+    assert {cid: c.kind for cid, c in rows.items()} == ROWS
+    for c in rows.values():
+        assert c.kind in claims.KINDS and c.alternative and c.alternative_passed is not None, c
+        assert c.alternative_passed is False and c.discriminates, c  # no row passes under its alternative here
+        assert c.expected or c.reason, c
+    assert not rows["W.gap"].expected and not rows["W.correction"].expected  # the book's known misses
+    assert claims.falsify(list(rows.values())) == []
+
+
+class Theory:
+    """normlib.theory with some functions replaced."""
+
+    def __init__(self, **replaced):
+        self.replaced = replaced
 
     def __getattr__(self, name):
-        return getattr(theory, name)
-
-    def bn_eps_ratio(self, variance, eps, scale):
-        return np.ones_like(variance)
-
-    def sgd_step_tangent(self, lr, g, w):
-        return 2 * np.asarray(lr) * np.asarray(g) / np.asarray(w)
-
-    def bn_eps_orthogonality(self, variance, eps, gain_grad):
-        return 0 * np.asarray(gain_grad) + 1.0
+        return self.replaced.get(name) or getattr(theory, name)
 
 
-def test_a_wrong_theory_fails_the_check(tiny):
+def test_invariance_and_gradient_fail_for_a_batchnorm_that_is_not_scale_invariant(tiny):
+    """The alternative measured: the epsilon > 0 rows (BatchNorm with its own epsilon) in place of epsilon = 0."""
     config, measured = tiny
-    wrong = chapter.predict(config, measured, theory=WrongTheory())
-    verdicts = {c.id: c.passed for c in chapter.check(config, measured, wrong)}
-    assert not verdicts["W.eps"] and not verdicts["W.angular"] and not verdicts["W.recursion"]
+    inv = measured["invariance"]
+    exact64 = (inv.dtype == "float64") & (inv.eps < 1e-20)
+    with_eps = inv[(inv.dtype == "float64") & (inv.eps > 1e-20)]
+    broken = pd.concat([inv[~exact64], with_eps.assign(eps=wd.NO_EPS)], ignore_index=True)
+    right, wrong = rows_of(config, measured), rows_of(config, {**measured, "invariance": broken})
+    for cid in ("W.invariance", "W.gradient"):
+        assert right[cid].passed and not wrong[cid].passed
+        assert wrong[cid].measured == pytest.approx(right[cid].alternative_value)
+
+
+def test_eps_angular_and_recursion_fail_under_their_alternatives(tiny):
+    config, measured = tiny
+    alternatives = {
+        # epsilon changes nothing
+        "W.eps": Theory(bn_eps_ratio=lambda variance, eps, scale: np.ones_like(np.asarray(variance, dtype=float))),
+        # the direction moves with eta itself: x = eta ||g~|| = eta ||g|| ||w||
+        "W.angular": Theory(sgd_step_tangent=lambda lr, g, w: np.asarray(lr) * np.asarray(g) * np.asarray(w)),
+        # no radial gradient: BatchNorm's epsilon left out of the recursion
+        "W.recursion": Theory(bn_eps_orthogonality=lambda variance, eps, gain_grad: 0 * np.asarray(gain_grad)),
+    }
+    right = rows_of(config, measured)
+    for cid, alternative in alternatives.items():
+        wrong = rows_of(config, measured, alternative)[cid]
+        assert right[cid].passed and not wrong.passed, cid
+    assert rows_of(config, measured, alternatives["W.recursion"])["W.recursion"].measured == pytest.approx(
+        right["W.recursion"].alternative_value
+    )
+
+
+def test_recursion_bound_follows_the_dtype_of_the_run(tiny):
+    config, measured = tiny
+    sgd32 = measured["sgd"]
+    assert (sgd32["unit_roundoff"] == 2.0**-24).all()
+    train_set, _ = wd.load_data(config)
+    sgd64 = wd.plain_sgd_run(config, train_set, torch.float64)
+    assert (sgd64["unit_roundoff"] == 2.0**-53).all()
+    for sgd, u in ((sgd32, 2.0**-24), (sgd64, 2.0**-53)):
+        rec = wd.recursion_frame(sgd, wd.exact_eps(measured))
+        expected = sgd.groupby(["layer", "channel"])["norm_sq_after"].sum() * 2 * u
+        assert np.allclose(
+            rec.set_index(["layer", "channel"])["bound"], expected.loc[rec.set_index(["layer", "channel"]).index]
+        )
+    row64 = rows_of(config, {**measured, "sgd": sgd64})["W.recursion"]
+    assert row64.passed and "float64 rounding" in row64.statement  # the float64 run holds to float64's bound
+    # a float32 run held to float64's bound fails: the bound is the dtype's, not a fixed number
+    as_if_64 = rows_of(config, {**measured, "sgd": sgd32.assign(unit_roundoff=2.0**-53)})["W.recursion"]
+    assert not as_if_64.passed and "float64" in as_if_64.statement
+
+
+def test_equilibrium_fails_when_the_run_settles_at_the_law_without_momentum(tiny):
+    """Synthetic angular steps: settled at the derived law (reproduced), then at the plain-SGD law (not)."""
+    config, measured = tiny
+    eq = wd.equilibrium(config, measured)
+    for value, expect in ((eq["predicted"], True), (eq["without_momentum"], False)):
+        channels = measured["channels"].copy()
+        channels.loc[channels.run == "wd_on", "chord"] = value
+        assert rows_of(config, {**measured, "channels": channels})["W.equilibrium"].passed is expect
 
 
 def test_gap_needs_to_exceed_the_noise(tiny):
@@ -196,6 +273,7 @@ def test_gap_needs_to_exceed_the_noise(tiny):
         fake = {**measured, "runs": runs}
         verdicts = {c.id: c for c in chapter.check(config, fake, chapter.predict(config, fake))}
         assert verdicts["W.correction"].passed is expect
+        assert verdicts["W.gap"].alternative_passed is False and verdicts["W.correction"].alternative_passed is False
         if on > off:
             assert verdicts["W.gap"].passed and math.isclose(
                 verdicts["W.correction"].measured, (corrected - off) / (on - off), rel_tol=1e-6

@@ -143,7 +143,8 @@ def expected_max_abs(n: int) -> float:
 def topk_deviation_ratio(n: int, k: int) -> float:
     r""":math:`\mathrm E\,s_{\text{Top}k}/\sigma \approx C_{L^\infty}(n)\sqrt{(n-1)/n}\;
     \mathrm E\tfrac1k\sum_{j\le k}|z|_{(j)}` (**derived**; the centred values' correlation :math:`-1/(n-1)` is
-    neglected). The paper's constant aims at 1."""
+    neglected). The code's constant, the midpoint of two bounds, does not make this 1 (nor does the paper say it
+    does)."""
     return c_linf(n) * math.sqrt((n - 1) / n) * expected_topk_abs_mean(n, k)
 
 
