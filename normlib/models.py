@@ -2,10 +2,10 @@
 
 Every model is built from the normalizer registry in :mod:`normlib.layers`, so one ``norm``
 name ("bn", "gn", "wn", "evo_s0", ...) picks the convolution, the normalizer and the
-activation together (papers.md §1.3): WN/SWS bring their own convolutions and an Identity
+activation together (Lubana et al. 2021): WN/SWS bring their own convolutions and an Identity
 norm slot, the EvoNorms fill the norm slot and replace the activation.
 
-Initialization (papers.md §1.3): every plain ``nn.Conv2d`` gets He init,
+Initialization (Lubana et al. 2021): every plain ``nn.Conv2d`` gets He init,
 ``kaiming_normal_(mode="fan_in", nonlinearity="relu")``, i.e. weights ~ N(0, 2/fan_in), and a
 zero bias. WN/SWS convolutions keep the initialization of :mod:`normlib.layers` (their
 forward is invariant to the weight scale). ``nn.Linear`` keeps torch's default init.
@@ -73,7 +73,7 @@ CNN_CONFIGS: dict[str, list] = {
         512,
         512,
     ],
-    # From the official code's config.py (papers.md only says "40 conv layers, widths
+    # From the official code's config.py (the paper only says "40 conv layers, widths
     # 64->128->256->512, four stride-2 layers"): 7x64, (64,2), 7x128, (128,2), 7x256,
     # (256,2), 7x512, (512,2), 8x512.
     "cfg_40": [*[64] * 7, (64, 2), *[128] * 7, (128, 2), *[256] * 7, (256, 2), *[512] * 7, (512, 2), *[512] * 8],
@@ -346,7 +346,7 @@ class ResNet(nn.Module):
     ``remedy="nf"`` (pre-activation only) adds NF-ResNet scaling,
     ``x_{l+1} = x_l + alpha * f(x_l / beta_l)``, with ``beta_l`` from :func:`nf_betas`, so
     that the expected variance of the residual stream grows by ``alpha**2`` per block
-    instead of doubling (papers.md §1.5); it is meant for parametric normalizers or none.
+    instead of doubling (Lubana et al. 2021); it is meant for parametric normalizers or none.
     The analytic ``beta_l`` assume unit-variance branches and shortcuts, which holds only
     roughly: at init (ResNet-56, SWS, 64 Gaussian 32x32 inputs) the block-output variance
     rises by ~0.1 per block and ~x2 at each of the two transitions (the shortcut conv's ReLU

@@ -1,6 +1,6 @@
 r"""Optimizers that the training loop of :mod:`normlib.train` can take through its ``optimizer_factory``.
 
-:class:`SGDWDMimic` is Hoffer et al. (2018)'s learning-rate correction (papers.md §3.2 eq. (4), the official code's
+:class:`SGDWDMimic` is Hoffer et al. (2018)'s learning-rate correction (the poster's eq. (4), the official code's
 ``normmatters_wd/optimizers_lib/custom_sgd.py``): SGD with momentum where, for the weights of chosen param groups,
 each output channel's step is multiplied by :math:`\lVert w_c\rVert^2/\lVert w_{[WD],c}\rVert^2`, the ratio of its
 current squared norm to the squared norm of the same channel in a run *with* weight decay. On a scale-invariant

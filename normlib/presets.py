@@ -6,7 +6,7 @@ name is a :class:`~normlib.train.TrainConfig` field), :data:`TRAIN_PRESETS` thei
 every value goes through the one resolve-and-validate step of :mod:`normlib.params`. :func:`train_config` and
 :func:`dataset_options` turn a resolved configuration into the arguments of :func:`normlib.train.train_model`.
 
-**paper** (papers.md §1.4, the official code's ``main.py`` and ``config.py``): CIFAR-100, batch 256, 60 epochs on
+**paper** (Lubana et al. 2021, the official code's ``main.py`` and ``config.py``): CIFAR-100, batch 256, 60 epochs on
 the per-iteration schedule (the base rate for 75 % of the iterations, i.e. 45 epochs, then a tenth: the code's
 ``[40, 20]`` epochs realised by its ``LR_Scheduler``), base rate ``0.1 * 256 / batch_size``, SGD momentum 0.9,
 weight decay 1e-4 on all parameters, no warm-up (a notebook sets ``warmup_epochs=5`` for FRN), horizontal flips as

@@ -5,7 +5,7 @@ For an observed activation ``X`` of shape ``(N, C, *spatial)`` (N samples, C cha
 
     - ``variance``      mean_c Var_{n,h,w}(X)    (unbiased; the paper's ``Activs_prober``)
     - ``std``           mean_c Std_{n,h,w}(X)    (unbiased; ``Conv_prober``'s ``std_list``)
-    - ``second_moment`` mean(X**2) over all entries (the residual stream's power, papers.md §1.5)
+    - ``second_moment`` mean(X**2) over all entries (the residual stream's power, Lubana et al. 2021)
     - ``cosine``        with x̂_i = vec(X_i)/||vec(X_i)|| and M = X̂X̂ᵀ (N x N),
                         (1/N) Σ_i (Σ_j M_ij - 1)/(N - 1): the mean off-diagonal uncentered cosine
     - ``stable_rank``   tr(M)/λ_max(M) = N/λ_max(M)

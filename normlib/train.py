@@ -1,7 +1,7 @@
 r"""The training loop: plain SGD with momentum and weight decay on cross-entropy, the paper's LR schedule with
 linear warm-up, divergence detection, probes every ``k`` steps, a tqdm bar and a tidy history.
 
-**Optimizer** (papers.md §1.4). ``torch.optim.SGD(momentum=0.9, weight_decay=1e-4)`` on *all* parameters
+**Optimizer** (Lubana et al. 2021). ``torch.optim.SGD(momentum=0.9, weight_decay=1e-4)`` on *all* parameters
 (normalizer gains and biases included, as the paper's code), minimizing the mean cross-entropy of a mini-batch.
 :func:`train`'s ``optimizer_factory`` can replace it, and its ``on_step`` hook sees every step.
 
@@ -186,7 +186,7 @@ _METRIC_PARAMS = {
 class TrainConfig:
     """Everything :func:`train` needs besides the model and the data; validated on construction.
 
-    Defaults are the paper's optimizer and schedule (papers.md §1.4) on the CPU. Each field is checked by the
+    Defaults are the paper's optimizer and schedule (Lubana et al. 2021) on the CPU. Each field is checked by the
     :class:`~normlib.params.Param` of the same name in :data:`PARAMS` (``probe_metrics``/``conv_metrics``: any of
     :data:`normlib.probes.METRICS`, possibly none); a bad value raises :class:`~normlib.params.ParameterError` that
     names the field and lists what is allowed. :meth:`to_dict` gives the JSON-able form that :func:`train_model`,

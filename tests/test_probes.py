@@ -55,7 +55,7 @@ def test_equal_pairwise_cosines_give_papers_stable_rank_identity(rho):
     n = 10
     x = equicorrelated(n, rho)
     assert mean_cosine_similarity(x) == pytest.approx(rho)
-    assert stable_rank(x) == pytest.approx(n / (1 + (n - 1) * rho))  # papers.md §1.4
+    assert stable_rank(x) == pytest.approx(n / (1 + (n - 1) * rho))  # equal pairwise correlation rho
 
 
 def test_all_zero_sample_counts_as_orthogonal():

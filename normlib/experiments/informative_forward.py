@@ -13,7 +13,7 @@ What is measured:
   measured on the very weights it starts from and on its first training batch.
 
 The predictions come from :mod:`normlib.theory.informative` (a mean-field model derived in this book, not the paper's
-formula). The paper's correlation coefficients are readings off one of its figures (papers.md §1.6).
+formula). The paper's correlation coefficients are readings off one of its figures (Lubana et al. 2021).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ PAPER = "Lubana et al. 2021"
 TRAIN_CNNS = ("book", "uniform")
 
 #: The paper's correlation coefficients between cosine similarity at initialization and mean training accuracy,
-#: read off its figure (papers.md §1.6; printed there as "R²" but negative, hence correlation coefficients r).
+#: read off its figure (Lubana et al. 2021; printed there as "R²" but negative, hence correlation coefficients r).
 PAPER_R = {"10-layer CNN": -0.67, "20-layer CNN": -0.66, "ResNet-56": -0.88}
 
 #: Tolerance of the mean-field check, on the cosine itself (absolute), at every layer. Chosen from what the model
@@ -389,7 +389,7 @@ def correlation(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> tupl
 
 def in_paper_figure(trained: pd.DataFrame) -> pd.Series:
     """Which runs the paper's similarity-speed figure has a counterpart for: every one but InstanceNorm (GroupNorm
-    with group size 1, or ``in``), which its figure leaves out (papers.md §1.6)."""
+    with group size 1, or ``in``), which its figure leaves out (Lubana et al. 2021)."""
     return ~((trained.norm == "in") | ((trained.norm == "gn") & (trained.group_size == 1)))
 
 

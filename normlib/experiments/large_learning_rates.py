@@ -139,7 +139,7 @@ BOOK = {
     "weight_decay": 5e-4,
     "schedule": "constant",
 }
-#: papers.md §2.2: ResNet-110 (16/32/64) on CIFAR-10, batch 128, SGD with momentum, weight decay 5e-4 ([M],
+#: Bjorck et al. 2018: ResNet-110 (16/32/64) on CIFAR-10, batch 128, SGD with momentum, weight decay 5e-4 ([M],
 #: unverified), Fig. 1's learning rates, a tenth of the rate after half of training (Fig. 1). The number of epochs
 #: was not recovered: 164 is He et al.'s CIFAR schedule, whose first drop (epoch 82) is at half of it.
 PAPER_VALUES = {
@@ -497,7 +497,7 @@ def noise_step_slope(measured: dict[str, pd.DataFrame]) -> float:
 #: "Far below": the unnormalized network's threshold at least ten times smaller (the paper's Fig. 3: about 1e-3
 #: against beyond 1e-1, a hundred times or more).
 THRESHOLD_RATIO_MIN = 10.0
-#: The paper's Fig. 3 (papers.md §2.4): without BN the relative loss of ResNet-110 explodes for steps of about 1e-3
+#: The paper's Fig. 3 (Bjorck et al. 2018): without BN the relative loss of ResNet-110 explodes for steps of about 1e-3
 #: and more (a reading off the plot).
 PAPER_THRESHOLD_NONE = 1e-3
 #: L.threshold_none compares log10 thresholds within one decade (the paper's number is a reading; a decade is the

@@ -190,7 +190,7 @@ BOOK = {
     "batch_size": 64,
     "lr": 0.05,
 }
-#: The official code's CIFAR regime (papers.md §3.3 "Other regimes"; norm_matters ``models/resnet.py``): ResNet-56
+#: The official code's CIFAR regime (Hoffer et al. 2018 "Other regimes"; norm_matters ``models/resnet.py``): ResNet-56
 #: with widths 16/32/64 on CIFAR-10, SGD lr 0.1, momentum 0.9, weight decay 1e-4, x0.1 at epochs 81, 122 and 164,
 #: batch 256 and seed 123 (``main.py``'s defaults). The code does not say how many epochs; 200 reaches the last drop.
 #: The ImageNet ResNet-18/50 runs of the paper are not reproduced (no ImageNet loader).

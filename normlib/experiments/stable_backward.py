@@ -332,7 +332,7 @@ def measured_factor(measured: dict[str, pd.DataFrame], run: str) -> float:
 
 def predict_group(config: Mapping[str, Any], group_size: int, theory: Any = default_theory) -> dict[str, float]:
     """Both derived predictions for GroupNorm with ``group_size`` channels per group: the lower bound
-    :math:`\\pi G/(\\pi G-1)` of papers.md §1.7 (``bound``) and the mean-field model with :math:`\\kappa(G)` from
+    :math:`\\pi G/(\\pi G-1)` derived in chapter 03 (``bound``) and the mean-field model with :math:`\\kappa(G)` from
     its fixed point (``mean_field``), at this configuration's map size. Nothing is fitted to a measurement."""
     n = group_size * config["image_size"] ** 2
     return {

@@ -395,13 +395,13 @@ def stream_curve(measured: dict[str, pd.DataFrame], norm: str, init: str, column
     return np.exp(frame.groupby("block")[column].apply(lambda v: np.mean(np.log(v))).to_numpy())
 
 
-#: Bjorck et al.'s Fig. 5 (papers.md §2.4, readings off the plotted curves, ≈; the log base is not stated, log10
+#: Bjorck et al.'s Fig. 5 (readings off the plotted curves, ≈; the log base is not stated, log10
 #: is assumed): without BN the channel stds' log rises from about -1.3 at layer 6 to about 3.0 at layer 102; with
 #: BN means and stds stay within about [-1.1, 1].
 PAPER_FIG5_LAYERS = (6, 102)
 PAPER_FIG5_STD_LOG10 = (-1.3, 3.0)
 PAPER_FIG5_BN_BAND = (-1.1, 1.0)
-#: Bjorck et al.'s Fig. 2 (papers.md §2.4): the gradient histogram of a middle layer spans about +-0.04 with BN and
+#: Bjorck et al.'s Fig. 2: the gradient histogram of a middle layer spans about +-0.04 with BN and
 #: +-4 without, "about 100x larger".
 PAPER_FIG2_RANGES = (0.04, 4.0)
 

@@ -17,7 +17,7 @@ every convolution that a BatchNorm follows, one vector per output channel):
   exact (up to :math:`\epsilon` and rounding) and the angular step is :math:`\eta\lVert g\rVert/\lVert w\rVert` to
   first order. The run computes in float32 (``plain_sgd_run`` takes another dtype), and every record carries the
   unit roundoff :math:`u` of the dtype it was computed in, which sets the rounding bound of the recursion.
-* **The paper's three runs** (papers.md §3.3(a), the official ``normmatters_wd/run_all``), SGD with momentum on the
+* **The paper's three runs** (Hoffer et al. 2018, the official ``normmatters_wd/run_all``), SGD with momentum on the
   same initialization and batch order: ``wd_on`` (weight decay :math:`\lambda` on every parameter), ``wd_off``
   (:math:`\lambda` on the last layer only, 0 elsewhere) and ``corrected`` (``wd_off`` with the per-channel step of
   every scale-invariant weight scaled by :math:`\lVert w\rVert^2/\lVert w_{WD}\rVert^2`, :class:`normlib.optim.
@@ -687,7 +687,7 @@ def gap_stats(measured: dict[str, Any], test_size: int, theory: Any = default_th
     }
 
 
-#: The paper's readings (papers.md §3.3(a), poster): WD on ≈ 90.5 %, WD off ≈ 89.2 %, corrected ≈ 90.5 %.
+#: The paper's readings (Hoffer et al. 2018, poster): WD on ≈ 90.5 %, WD off ≈ 89.2 %, corrected ≈ 90.5 %.
 PAPER_ACCURACY = {"wd_on": 0.905, "wd_off": 0.892, "corrected": 0.905}
 
 #: Float64 deviations allowed for the exact statements (1) and (2). Float64's unit roundoff is 1.1e-16; a conv

@@ -1,7 +1,7 @@
 r"""The normalization layers of Lubana, Dick & Tanaka (NeurIPS 2021), as ``nn.Module``\ s.
 
 Every layer follows the definition the authors implemented (``layer_defs.py`` of their
-official code, summarised in ``papers.md`` section 1.3): affine pairs
+official code): affine pairs
 :math:`(\gamma, \beta)` are per channel and start at :math:`(1, 0)`, :math:`\epsilon = 10^{-5}`,
 inputs are :math:`(N, C, H, W)`. Torch's native kernels do the work wherever the maths is
 the same, so BN/LN/IN/GN run as fast as torch's own modules.

@@ -10,7 +10,7 @@ Where each formula comes from:
 
 * **Yang et al. 2019** (their mean-field theory of BatchNorm, large-batch limit, ReLU): :math:`r_{\text{BN}} =
   \pi/(\pi-1)\approx1.467` (:func:`bn_growth_factor`). Not Lubana et al.'s formula.
-* **Derived** (papers.md §1.7, reconstructed; not the paper's statement, whose exact factor was not recovered):
+* **Derived** (in chapter 03, reconstructed; not the paper's statement, whose exact factor was not recovered):
   the backward pass through a normalizer over :math:`n` numbers (:func:`normalizer_backward_gain`), the group-size
   law :math:`r(G)\approx1/(1-2\kappa/G)` (:func:`group_growth_factor`), InstanceNorm's dependence on the spatial
   size (:func:`instance_norm_growth_factor`) and a mean-field model that supplies :math:`\kappa`
@@ -89,7 +89,7 @@ def normalizer_backward_gain(n: int | np.ndarray) -> float | np.ndarray:
 
 
 def group_growth_factor(group_size: int | np.ndarray, kappa: float | np.ndarray = IN_KAPPA) -> float | np.ndarray:
-    r""":math:`r(G)\approx1/(1-2\kappa/G)` (derived, papers.md §1.7; **not** the paper's formula).
+    r""":math:`r(G)\approx1/(1-2\kappa/G)` (derived in chapter 03; **not** the paper's formula).
 
     :math:`G` is the number of channels per group (1: InstanceNorm, the width: LayerNorm) and :math:`2\kappa` the
     second moment of a channel's mean relative to the conv output's second moment. With the smallest

@@ -4,7 +4,7 @@ Let :math:`P_M = A_M A_{M-1}\cdots A_1` with i.i.d. :math:`N\times N` matrices o
 :math:`\mathcal N(0, 1/N)` (a deep linear network at initialization, LeCun/Xavier scale, so that
 :math:`\mathbb E\lVert A x\rVert^2 = \lVert x\rVert^2`). Bjorck et al. (2018, §4) argue, from random matrix theory,
 that such products become ill-conditioned as :math:`M` grows even though every factor is well scaled. The formulas
-below are standard results, not the paper's statements (papers.md §2.3 item 4: the paper's own formulas were not
+below are standard results, not the paper's statements (Bjorck et al. 2018: the paper's own formulas were not
 recovered); they are labelled **known** with their source, and what is **derived** here from them says so.
 
 **Fuss–Catalan law (known; Banica et al. 2011, Penson & Życzkowski 2011).** As :math:`N\to\infty` the empirical

@@ -8,12 +8,12 @@ size, :math:`\lambda` the weight decay, :math:`\beta` the momentum.
 
 Where each formula comes from:
 
-* **paper** (papers.md §3.2, the poster's equations): scale invariance :math:`\mathrm{BN}(c\,w x)=\mathrm{BN}(wx)`
+* **paper** (Hoffer et al. 2018, the poster's equations): scale invariance :math:`\mathrm{BN}(c\,w x)=\mathrm{BN}(wx)`
   for :math:`c>0` (1); the gradient scales as :math:`g(cw)=g(w)/c`, i.e. :math:`g=\tilde g/\lVert w\rVert` (2); the
   direction moves with the *effective step size* :math:`\eta/\lVert w\rVert^2` to first order in :math:`\eta`
   (:func:`effective_lr`); the learning-rate correction :math:`\eta\,\lVert w\rVert^2/\lVert w_{WD}\rVert^2` that
   mimics weight decay without it (4) (:func:`corrected_lr`).
-* **derived** here (papers.md §3.2 "Implied facts [D]" and below): BatchNorm's :math:`\epsilon` breaks (1) by an
+* **derived** here (in chapter 07 and below): BatchNorm's :math:`\epsilon` breaks (1) by an
   exact factor (:func:`bn_eps_ratio`); the exact angle of a plain SGD step and its second-order deviation from the
   first-order prediction (:func:`sgd_step_chord`, :func:`chord_second_order`); the exact norm recursion without weight
   decay (:func:`norm_sq_after_sgd_step`) and with it (:func:`norm_sq_after_sgd_wd_step`); the equilibrium norm and
@@ -88,8 +88,8 @@ def chord_second_order(x):
 
 
 def norm_sq_after_sgd_step(norm_sq, lr, grad_norm):
-    r""":math:`\lVert w_{t+1}\rVert^2=\lVert w_t\rVert^2+\eta^2\lVert g_t\rVert^2` (**derived**, papers.md §3.2
-    "Implied facts"): exact for plain SGD without momentum or weight decay on a scale-invariant weight, because
+    r""":math:`\lVert w_{t+1}\rVert^2=\lVert w_t\rVert^2+\eta^2\lVert g_t\rVert^2` (**derived**
+    in chapter 07): exact for plain SGD without momentum or weight decay on a scale-invariant weight, because
     :math:`\langle w_t,g_t\rangle=0`. The norm can only grow, so the effective step :math:`\eta/\lVert w\rVert^2`
     only shrinks. With momentum the step is not orthogonal to :math:`w` and this is not exact."""
     return np.asarray(norm_sq, dtype=float) + (np.asarray(lr, dtype=float) * np.asarray(grad_norm, dtype=float)) ** 2

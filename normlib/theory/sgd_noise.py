@@ -4,7 +4,7 @@ Let :math:`\ell_i(x)` be the loss of example :math:`i` of a pool of :math:`N` ex
 mean gradient over the pool, and :math:`\nabla_{SGD}(x)=\frac1{|B|}\sum_{i\in B}\nabla\ell_i(x)` the gradient of a
 mini-batch :math:`B`. A step of size :math:`\alpha` deviates from the full-gradient step by
 :math:`\alpha(\nabla\ell-\nabla_{SGD})`. With :math:`C = \frac1N\sum_i\lVert\nabla\ell_i-\nabla\ell\rVert^2` (the
-per-example gradient variance), Bjorck et al. (2018, §2) bound its size (**paper**, papers.md §2.3 item 2):
+per-example gradient variance), Bjorck et al. (2018, §2) bound its size (**paper**):
 
 .. math:: \mathbb E\big\lVert\alpha\nabla\ell(x)-\alpha\nabla_{SGD}(x)\big\rVert^2 \le \frac{\alpha^2}{|B|}\,C .
 
