@@ -110,12 +110,15 @@ class TinyStableForward(sf.StableForward):
 
     def resolve(self, preset="book", **overrides):
         return super().resolve(
-            preset, norms=["bn"], depth=8, widths=[8, 8, 8], batch_size=4, image_size=8, repeats=1, variants=["plain"]
+            preset, norms=["bn"], depth=20, widths=[8, 8, 8], batch_size=4, image_size=8, repeats=1, variants=["plain"]
         )
 
     def predict(self, config, measured=None, *, theory=sf.default_theory):
         predicted = super().predict(config, measured, theory=theory)
-        return {**predicted, "A.linear.bn": 2.0} if self.doubling else predicted
+        if not self.doubling:
+            return predicted
+        curves = {k: sf.default_theory.geometric_growth(len(v) - 1, 2.0, 1.0) for k, v in predicted["curves"].items()}
+        return {**predicted, "curves": curves}
 
     def check(self, config, measured, predicted):
         checks = super().check(config, measured, predicted)

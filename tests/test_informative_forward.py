@@ -35,6 +35,8 @@ SMALL = dict(
     train_norms=["bn", "none"],
     max_steps=3,
     bootstrap=200,
+    paper_norms=["bn", "ln", "evo_s0"],
+    paper_batch=4,
 )
 
 
@@ -128,12 +130,18 @@ def test_claims_hold_with_the_right_theory(small_measurement):
     assert {
         "B.similarity_rises_with_group_size",
         "B.rank_falls_with_group_size",
+        "B.rank_slope",
         "B.ln_above_in_bn",
         "B.mean_field.gn1",
         "B.mean_field.bn",
         "B.mean_field.none",
     } <= ids
-    assert all(c.passed for c in checks), [(c.id, c.predicted, c.measured) for c in checks if not c.passed]
+    failed = [(c.id, c.predicted, c.measured) for c in checks if not c.passed and c.id != "B.rank_slope"]
+    assert not failed, failed
+    for check in checks:
+        assert check.kind in ("paper", "derived") and check.alternative and check.alternative_passed is not None
+        if check.passed:  # a row that passes must fail under its alternative
+            assert check.alternative_passed is False, check.id
 
 
 class SaturatedTheory:
@@ -173,11 +181,113 @@ def test_speed_claim_fails_on_a_positive_correlation():
         {"setting": [], "norm": [], "group_size": [], "repeat": [], "layer": [], "metric": [], "value": []}
     )
     empty = dict(config, group_sizes=[], norms=[])
-    check = chapter.check(empty, {"init": fake, "trained": trained}, {"curves": {}, "ranks": {}})[-1]
+    nothing = {"curves": {}, "alternatives": {}, "ranks": {}}
+    check = chapter.check(empty, {"init": fake, "trained": trained}, nothing)[-1]
     assert check.id == "B.similarity_slows_training" and check.passed is False
     decreasing = trained.assign(mean_train_acc=0.9 - 0.5 * cos + 0.01 * np.sin(np.arange(6)))
-    check = chapter.check(empty, {"init": fake, "trained": decreasing}, {"curves": {}, "ranks": {}})[-1]
+    check = chapter.check(empty, {"init": fake, "trained": decreasing}, nothing)[-1]
     assert check.passed is True
+
+
+# ------------------------------------------------------------------ the verdicts flip under the alternatives
+
+
+def init_frame(config, cosines):
+    """A measurement at initialization in measure_init's format: the given cosine curve per setting, and the stable
+    rank its bound gives (equally similar samples)."""
+    rows = []
+    for (key, norm, g), curve in ((s, cosines[s[0]]) for s in inf.settings(config)):
+        for layer, c in enumerate(curve, start=1):
+            rank = float(theory.stable_rank_bound(c, config["batch_size"]))
+            for metric, value in (("cosine", float(c)), ("stable_rank", rank)):
+                rows.append((key, norm, g or 0, 0, layer, metric, value))
+    return pd.DataFrame(rows, columns=["setting", "norm", "group_size", "repeat", "layer", "metric", "value"])
+
+
+@pytest.fixture(scope="module")
+def modelled():
+    """The book's defaults with the mean-field curves standing in for the measurement (no network is run)."""
+    config = chapter.resolve("book", dataset="synthetic", pool=1)
+    predicted = chapter.predict(config)
+    return config, predicted
+
+
+def verdicts(config, predicted, cosines, **extra):
+    return {c.id: c.passed for c in chapter.check(config, {"init": init_frame(config, cosines), **extra}, predicted)}
+
+
+def test_a_measurement_that_follows_the_model_passes_the_model_rows(modelled):
+    config, predicted = modelled
+    passed = verdicts(config, predicted, predicted["curves"])
+    assert all(v for k, v in passed.items() if k.startswith("B.mean_field")), passed
+    assert passed["B.similarity_rises_with_group_size"] and passed["B.ln_above_in_bn"]
+
+
+@pytest.mark.parametrize("key", ["gn1", "gn8", "gn64", "bn", "none"])
+def test_mean_field_rows_flip_under_their_alternative(modelled, key):
+    config, predicted = modelled
+    cosines = {**predicted["curves"], key: predicted["alternatives"][key]}
+    assert verdicts(config, predicted, cosines)[f"B.mean_field.{key}"] is False
+
+
+def test_ordering_rows_flip_when_the_group_size_does_not_matter(modelled):
+    config, predicted = modelled
+    flat = {k: (predicted["curves"]["gn1"] if k.startswith("gn") else v) for k, v in predicted["curves"].items()}
+    jitter = {k: v + 1e-3 * i for i, (k, v) in enumerate(flat.items())}  # no order left but the noise's
+    rng = np.random.default_rng(0)
+    shuffled = dict(zip(jitter, rng.permutation(list(jitter.values()))))
+    passed = verdicts(config, predicted, {**jitter, **{k: v for k, v in shuffled.items() if k.startswith("gn")}})
+    assert passed["B.similarity_rises_with_group_size"] is False or passed["B.rank_falls_with_group_size"] is False
+    gap = verdicts(config, predicted, {**predicted["curves"], f"gn{config['width']}": predicted["curves"]["gn1"]})
+    assert gap["B.ln_above_in_bn"] is False
+
+
+def test_rank_slope_row_holds_when_the_rank_scales_like_the_papers_bound(modelled):
+    config, predicted = modelled
+    sizes = sorted(config["group_sizes"])
+    frame = init_frame(config, predicted["curves"])
+    assert {c.id: c.passed for c in chapter.check(config, {"init": frame}, predicted)}["B.rank_slope"] is False
+    ranks = frame.metric == "stable_rank"
+    for g in sizes:
+        frame.loc[ranks & (frame.setting == f"gn{g}"), "value"] = 3.0 * np.sqrt(config["width"] / g)
+    assert {c.id: c.passed for c in chapter.check(config, {"init": frame}, predicted)}["B.rank_slope"] is True
+
+
+def paper_frame(cosines):
+    return pd.DataFrame({"norm": list(inf.PAPER_COSINES_10), "cosine": cosines, "paper": inf.PAPER_COSINES_10.values()})
+
+
+def test_paper_rows_hold_on_the_papers_readings_and_fail_without_an_order(modelled):
+    config, predicted = modelled
+    readings = np.array(list(inf.PAPER_COSINES_10.values()))
+    on_paper = verdicts(config, predicted, predicted["curves"], paper_cnn=paper_frame(readings))
+    assert on_paper["B.paper_cosine_order"] and on_paper["B.paper_cosines"]  # the expected miss flips
+    alike = verdicts(config, predicted, predicted["curves"], paper_cnn=paper_frame(readings[::-1]))
+    assert alike["B.paper_cosine_order"] is False and alike["B.paper_cosines"] is False
+
+
+def test_speed_row_fails_once_the_correlation_is_removed():
+    config = chapter.resolve("book", **SMALL)
+    cos = np.linspace(0.3, 0.9, 8)
+    trained = pd.DataFrame(
+        {
+            "key": [f"gn{i}" for i in range(2, 10)],
+            "norm": "gn",
+            "group_size": range(2, 10),
+            "init_cosine": cos,
+            "mean_train_acc": 0.9 - 0.5 * cos + 0.02 * np.sin(np.arange(8)),
+            "diverged": False,
+        }
+    )
+    fake = pd.DataFrame(
+        {"setting": [], "norm": [], "group_size": [], "repeat": [], "layer": [], "metric": [], "value": []}
+    )
+    empty = dict(config, group_sizes=[], norms=[])
+    nothing = {"curves": {}, "alternatives": {}, "ranks": {}}
+    (row,) = chapter.check(empty, {"init": fake, "trained": trained}, nothing)
+    assert row.passed and row.alternative_passed is False
+    (flat,) = chapter.check(empty, {"init": fake, "trained": inf.decorrelated(trained)}, nothing)
+    assert flat.passed is False and flat.measured == pytest.approx(0.0, abs=1e-9)
 
 
 def test_correlation_interval_is_deterministic():
@@ -218,7 +328,11 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     records = json.loads((run_dir / "claims.json").read_text())
     ids = {r["id"] for r in records}
     assert {"B.similarity_rises_with_group_size", "B.mean_field.gn1", "B.similarity_slows_training"} <= ids
+    assert {"B.paper_cosine_order", "B.paper_cosines", "B.rank_slope"} <= ids
     for record in records:
         assert set(record) >= {"id", "predicted", "measured", "tolerance", "passed"}
+        # every row of the chapter, at tiny parameters: a kind, and an alternative with its verdict
+        assert record["kind"] in ("paper", "derived", "known"), record["id"]
+        assert record["alternative"] and record["alternative_passed"] is not None, record["id"]
     parameters = json.loads((run_dir / "parameters.json").read_text())
     assert parameters["width"] == 16 and parameters["group_sizes"] == [1, 4, 16]

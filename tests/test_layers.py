@@ -121,10 +121,11 @@ def test_variancenorm_matches_formula(x):
     torch.testing.assert_close(m(x), affine(x / torch.sqrt(var + EPS), m), **TIGHT)
 
 
-def test_evonorm_b0_matches_formula(x):
-    m = randomize(EvoNormB0(C)).train()
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_evonorm_b0_matches_formula(x, unbiased):
+    m = randomize(EvoNormB0(C, unbiased=unbiased)).train()
     batch_var = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
-    instance_var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    instance_var = x.var(dim=(2, 3), keepdim=True, unbiased=unbiased)
     den = torch.max(torch.sqrt(batch_var + EPS), per_channel(m.v) * x + torch.sqrt(instance_var + EPS))
     torch.testing.assert_close(m(x), affine(x / den, m), **TIGHT)
 
@@ -136,12 +137,13 @@ def test_evonorm_b0_without_activation_is_variance_norm(x):
     torch.testing.assert_close(m(x), affine(x / torch.sqrt(var + EPS), m), **TIGHT)
 
 
+@pytest.mark.parametrize("unbiased", [True, False])
 @pytest.mark.parametrize("apply_act", [True, False])
-def test_evonorm_s0_matches_formula(x, apply_act):
-    m = randomize(EvoNormS0(C, groups=2, apply_act=apply_act))
+def test_evonorm_s0_matches_formula(x, apply_act, unbiased):
+    m = randomize(EvoNormS0(C, groups=2, apply_act=apply_act, unbiased=unbiased))
 
     def std(t, dims):
-        return torch.sqrt(t.var(dim=dims, keepdim=True, unbiased=False) + EPS).expand_as(t)
+        return torch.sqrt(t.var(dim=dims, keepdim=True, unbiased=unbiased) + EPS).expand_as(t)
 
     group_std = grouped(std, x, 2)
     gate = torch.sigmoid(per_channel(m.v) * x) if apply_act else 1.0
@@ -216,15 +218,15 @@ def test_unbiased_groupnorm_rejects_groups_of_one_number():
 # ------------------------------------------------------------ running statistics (eval)
 
 
-@pytest.mark.parametrize("cls", [BatchNorm2d, VarianceNorm2d, EvoNormB0])
-def test_eval_uses_running_variance(cls, x):
+@pytest.mark.parametrize("cls, unbiased_feed", [(BatchNorm2d, True), (VarianceNorm2d, False), (EvoNormB0, False)])
+def test_eval_uses_running_variance(cls, unbiased_feed, x):
     m = randomize(cls(C)).train()
-    momentum, n = 0.1, SHAPE[0] * SHAPE[2] * SHAPE[3]
+    momentum = 0.1
     expected_running_var = torch.ones(C, dtype=torch.float64)
     for step in range(4):
         batch = x * (step + 1)
         m(batch)
-        batch_var = batch.var(dim=(0, 2, 3), unbiased=False) * n / (n - 1)
+        batch_var = batch.var(dim=(0, 2, 3), unbiased=unbiased_feed)
         expected_running_var = (1 - momentum) * expected_running_var + momentum * batch_var
     torch.testing.assert_close(m.running_var, expected_running_var, **TIGHT)
 
@@ -248,9 +250,85 @@ def test_evonorm_b0_eval_formula(x):
     m = randomize(EvoNormB0(C)).eval()
     with torch.no_grad():
         m.running_var.uniform_(0.5, 2.0)
-    instance_std = torch.sqrt(x.var(dim=(2, 3), keepdim=True, unbiased=False) + EPS)
+    instance_std = torch.sqrt(x.var(dim=(2, 3), keepdim=True, unbiased=True) + EPS)
     den = torch.max(torch.sqrt(per_channel(m.running_var) + EPS), per_channel(m.v) * x + instance_std)
     torch.testing.assert_close(m(x), affine(x / den, m), **TIGHT)
+
+
+# ------------------------------------------ conventions: the authors' layer_defs.py, or a stated departure
+#
+# The book reproduces Lubana et al.'s experiments, so each layer of their ``layer_defs.py`` either follows their code
+# or states its departure in its docstring (and the chapter that uses it says so). One test per convention.
+
+
+def authors_instance_std(x, eps=EPS):
+    """``instance_std`` of the authors' code: torch.var (unbiased) over (H, W), zeroed when it is NaN."""
+    var = torch.var(x, dim=(2, 3), keepdim=True).expand_as(x)
+    if torch.isnan(var).any():
+        var = torch.zeros_like(var)
+    return torch.sqrt(var + eps)
+
+
+def authors_group_std(x, groups, eps=EPS):
+    """``group_std`` of the authors' code: torch.var (unbiased) over each sample's group."""
+    n, c, h, w = x.shape
+    g = x.reshape(n, groups, c // groups, h, w)
+    return torch.sqrt(torch.var(g, dim=(2, 3, 4), keepdim=True).expand_as(g) + eps).reshape(n, c, h, w)
+
+
+@pytest.mark.filterwarnings(r"ignore:var\(\)")  # the authors' torch.var on a 1x1 map warns
+@pytest.mark.parametrize("spatial", [(2, 2), (5, 4), (1, 1)])
+def test_evonorm_b0_follows_the_authors_unbiased_instance_std(spatial):
+    torch.manual_seed(3)
+    x = torch.randn(6, C, *spatial, dtype=torch.float64)
+    m = EvoNormB0(C).double().train()  # gamma 1, beta 0, v 1: the authors' EvoNormBO at initialization
+    batch_std = torch.sqrt(x.var(dim=(0, 2, 3), keepdim=True, unbiased=False) + EPS)
+    expected = x / torch.max(batch_std, x + authors_instance_std(x))
+    torch.testing.assert_close(m(x), expected, **TIGHT)
+    assert m.unbiased and "unbiased=True" in repr(m)
+    if spatial == (2, 2):  # the biased convention is a different layer: 15 % on the std of 4 numbers
+        biased = EvoNormB0(C, unbiased=False).double().train()(x)
+        assert not torch.allclose(biased, m(x))
+
+
+def test_evonorm_s0_follows_the_authors_unbiased_group_std():
+    torch.manual_seed(4)
+    x = torch.randn(3, 64, 2, 2, dtype=torch.float64)
+    m = EvoNormS0(64).double()  # 32 groups, as the authors' default
+    expected = x * torch.sigmoid(x) / authors_group_std(x, 32)
+    torch.testing.assert_close(m(x), expected, **TIGHT)
+    with pytest.raises(ValueError, match=r"unbiased EvoNorm-S0.*n = .* = 1"):
+        EvoNormS0(C, group_size=1)(torch.randn(2, C, 1, 1))
+
+
+def test_groupnorm_follows_the_authors_unbiased_group_std():
+    torch.manual_seed(5)
+    x = torch.randn(3, 64, 2, 2, dtype=torch.float64)
+    m = GroupNorm2d(64).double()
+    mean = x.reshape(3, 32, 2, 2, 2).mean(dim=(2, 3, 4), keepdim=True).expand(3, 32, 2, 2, 2).reshape(x.shape)
+    torch.testing.assert_close(m(x), (x - mean) / authors_group_std(x, 32), **TIGHT)
+
+
+@pytest.mark.parametrize("cls", [VarianceNorm2d, EvoNormB0])
+def test_running_variance_is_fed_the_biased_batch_variance_as_the_authors(cls, x):
+    m = cls(C).double().train()
+    m(x)
+    # the authors: moving_var <- 0.9 moving_var + 0.1 var(unbiased=False), starting at 1
+    expected = 0.9 + 0.1 * x.var(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(m.running_var, expected, **TIGHT)
+
+
+def test_batchnorm_departs_from_the_authors_as_its_docstring_says(x):
+    """torch's BatchNorm2d (running mean from 0, running variance fed the unbiased batch variance), not the
+    authors' BN_self (running mean from 1, biased feed): only eval mode differs, and the docstring says so."""
+    m = BatchNorm2d(C).double().train()
+    assert torch.equal(m.running_mean, torch.zeros(C, dtype=torch.float64))
+    m(x)
+    n = SHAPE[0] * SHAPE[2] * SHAPE[3]
+    torch.testing.assert_close(m.running_var, 0.9 + 0.1 * x.var(dim=(0, 2, 3), unbiased=False) * n / (n - 1))
+    torch.testing.assert_close(m.running_mean, 0.1 * x.mean(dim=(0, 2, 3)))
+    doc = " ".join(BatchNorm2d.__doc__.split())
+    assert "Departure from the authors' code" in doc and "running *mean* starts at 1" in doc
 
 
 @pytest.mark.parametrize("cls", [VarianceNorm2d, EvoNormB0])
@@ -403,8 +481,8 @@ def test_unknown_name_lists_valid_names():
         ("ln", {"momentum": 0.1}, "eps"),
         ("gn", {"momentum": 0.1}, "groups, group_size, eps, unbiased"),
         ("frn", {"unbiased": True}, "eps"),
-        ("evo_b0", {"groups": 2}, "eps, momentum, apply_act, track_running_stats"),
-        ("evo_s0", {"unbiased": True}, "groups, group_size, eps, apply_act"),
+        ("evo_b0", {"groups": 2}, "eps, momentum, apply_act, track_running_stats, unbiased"),
+        ("evo_s0", {"momentum": 0.1}, "groups, group_size, eps, apply_act, unbiased"),
         ("wn", {"eps": 1e-3}, r"\(none\)"),
     ],
 )
@@ -519,8 +597,9 @@ def test_extra_repr_shows_the_settings():
     assert repr(FilterResponseNorm2d(C)) == "FilterResponseNorm2d(8, eps_init=1e-05)"
     assert repr(TLU(C)) == "TLU(8)"
     assert repr(VarianceNorm2d(C)) == "VarianceNorm2d(8, eps=1e-05, momentum=0.1)"
-    assert repr(EvoNormB0(C, apply_act=False)) == "EvoNormB0(8, eps=1e-05, momentum=0.1, apply_act=False)"
-    assert repr(EvoNormS0(C, groups=2)) == "EvoNormS0(8, groups=2, eps=1e-05, apply_act=True)"
+    evo_b0 = "EvoNormB0(8, eps=1e-05, momentum=0.1, apply_act=False, unbiased=True)"
+    assert repr(EvoNormB0(C, apply_act=False)) == evo_b0
+    assert repr(EvoNormS0(C, groups=2)) == "EvoNormS0(8, groups=2, eps=1e-05, apply_act=True, unbiased=True)"
     assert "eps=1e-05" in repr(WNConv2d(3, C, 3)) and "eps=1e-05" in repr(ScaledStdConv2d(3, C, 3))
     assert repr(ScaledReLU()) == "ScaledReLU()"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from normlib import presets
+from normlib import presets, theory
 from normlib.experiments import stable_backward as sb
 from normlib.params import ParameterError
 
@@ -90,6 +90,22 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     pd.testing.assert_frame_equal(train.drop(columns="loss"), again["train"].drop(columns="loss"))
 
 
+def test_every_row_has_a_kind_and_an_alternative(tiny):
+    config, measured = tiny
+    checks = chapter.check(config, measured, chapter.predict(config, measured))
+    ids = {c.id for c in checks}
+    assert {"C.bn", "C.order", "C.mean_field.gn1", "C.mean_field.gn16", "C.in_size_grows", "C.diverge"} <= ids
+    assert "C.in_size.2" in ids and "C.in_size.8" not in ids  # 8x8: the law cannot be told from pi/(pi-1)
+    for check in checks:
+        assert check.kind in ("paper", "derived", "known"), check.id
+        assert check.alternative and check.alternative_passed is not None, check.id
+    kinds = {c.id: c.kind for c in checks}
+    assert kinds["C.bn"] == "known" and kinds["C.order"] == "paper" and kinds["C.mean_field.gn1"] == "derived"
+    expected = {c.id: c.expected for c in checks}
+    assert not expected["C.diverge"] and not expected["C.in_size.2"]
+    assert expected["C.mean_field.gn1"] and expected["C.mean_field.gn16"]  # both ends of the range (width 16)
+
+
 def test_claims_hold_with_the_right_theory(tiny):
     config, measured = tiny
     verdicts = {c.id: c for c in chapter.check(config, measured, chapter.predict(config, measured))}
@@ -109,6 +125,90 @@ def test_a_wrong_prediction_fails_the_check(tiny):
 
     assert verdict(sb.measured_factor(measured, "bn")) is True
     assert verdict(2.0) is False  # claim BN doubles the squared gradient per layer
+
+
+# ------------------------------------------------------------------ the verdicts flip under the alternatives
+
+
+def init_from_factors(config, factors):
+    """A measurement at initialization in _init_frame's format whose fitted growth factor is ``factors[run]``."""
+    rows = []
+    for run, factor in factors.items():
+        size = int(run.split("@")[1]) if run.startswith("in@") else config["image_size"]
+        norm = "in" if run.startswith("in@") else ("gn" if run.startswith("gn") else run)
+        for layer in range(1, config["depth"] + 1):
+            norm_value = factor ** (-(layer - 1) / 2)  # the squared norm shrinks by the factor per layer forwards
+            rows.append({"run": run, "norm": norm, "group_size": None, "repeat": 0, "layer": layer,
+                         "grad_norm": norm_value, "image_size": size})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def train_frame(config, small_diverged, large_diverged):
+    sizes = sorted(config["group_sizes"])
+    top = max(config["learning_rates"])
+    rows = [{"group_size": sizes[0], "lr": top, "diverged": small_diverged},
+            {"group_size": sizes[-1], "lr": top, "diverged": large_diverged}]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def book():
+    config = chapter.resolve("book")
+    predicted = chapter.predict(config)
+    model = {f"gn{g}": p["mean_field"] for g, p in predicted["groups"].items()}
+    model |= {"bn": predicted["C.bn"], "none": 1.0} | {f"in@{s}": f for s, f in predicted["in_sizes"].items()}
+    return config, predicted, model
+
+
+def verdicts(config, predicted, factors, small=True, large=False):
+    measured = {"init": init_from_factors(config, factors), "train": train_frame(config, small, large)}
+    return {c.id: c.passed for c in chapter.check(config, measured, predicted)}
+
+
+def test_the_fit_recovers_the_factors_of_a_synthetic_measurement(book):
+    config, _, model = book
+    measured = {"init": init_from_factors(config, model)}
+    assert sb.measured_factor(measured, "gn4") == pytest.approx(model["gn4"])
+
+
+def test_a_measurement_that_follows_the_laws_passes_every_row(book):
+    config, predicted, model = book
+    passed = verdicts(config, predicted, model)
+    assert all(passed.values()), passed  # the expected misses included: they flip on the model's own numbers
+
+
+def test_bn_row_flips_without_growth(book):
+    config, predicted, model = book
+    assert verdicts(config, predicted, {**model, "bn": 1.0})["C.bn"] is False
+
+
+@pytest.mark.parametrize("g", [1, 4, 16, 64])
+def test_mean_field_rows_flip_under_their_alternative(book, g):
+    config, predicted, model = book
+    alternative = 1.0 if g == 1 else theory.bn_growth_factor()
+    assert verdicts(config, predicted, {**model, f"gn{g}": alternative})[f"C.mean_field.gn{g}"] is False
+
+
+def test_order_row_flips_when_growth_rises_with_the_group(book):
+    config, predicted, model = book
+    sizes = sorted(config["group_sizes"])
+    rising = {**model, **{f"gn{g}": model[f"gn{s}"] for g, s in zip(sizes, reversed(sizes))}}
+    assert verdicts(config, predicted, rising)["C.order"] is False
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_in_size_rows_flip_without_size_dependence(book, size):
+    config, predicted, model = book
+    constant = {**model, **{f"in@{s}": theory.bn_growth_factor() for s in config["in_sizes"]}}
+    passed = verdicts(config, predicted, constant)
+    assert passed[f"C.in_size.{size}"] is False and passed["C.in_size_grows"] is False
+
+
+def test_diverge_row_flips_when_stability_does_not_depend_on_the_group(book):
+    config, predicted, model = book
+    assert verdicts(config, predicted, model, small=True, large=False)["C.diverge"] is True
+    assert verdicts(config, predicted, model, small=True, large=True)["C.diverge"] is False
+    assert verdicts(config, predicted, model, small=False, large=False)["C.diverge"] is False
 
 
 def test_run_executes_the_notebook_with_papermill(tmp_path):
@@ -177,5 +277,16 @@ def test_run_executes_the_notebook_with_papermill(tmp_path):
     assert (run_dir / "03_stable_backward.ipynb").exists()
     assert list((run_dir / "figures").glob("*.png"))
     records = json.loads((run_dir / "claims.json").read_text())
-    assert {r["id"] for r in records} == {"C.bn", "C.order", "C.diverge"}
+    assert {r["id"] for r in records} == {
+        "C.bn",
+        "C.order",
+        "C.mean_field.gn1",
+        "C.mean_field.gn16",
+        "C.in_size_grows",
+        "C.in_size.2",
+        "C.diverge",
+    }
+    for record in records:  # every row at tiny parameters: a kind, an alternative and its verdict
+        assert record["kind"] in ("paper", "derived", "known") and record["alternative"], record["id"]
+        assert record["alternative_passed"] is not None, record["id"]
     assert json.loads((run_dir / "parameters.json").read_text())["width"] == 16

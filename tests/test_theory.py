@@ -67,6 +67,33 @@ def test_growth_factor_distinguishes_laws():
     assert np.isnan(theory.growth_factor(np.array([1.0, 0.0, 1.0])))
 
 
+def test_stages_split_a_curve_at_the_downsampling_blocks():
+    assert theory.stages(10, [4, 7]) == [(0, 3), (4, 6), (7, 9)]
+    assert theory.stages(5) == [(0, 4)]
+
+
+def test_increment_acceleration_tells_linear_from_exponential_with_the_same_growth_factor():
+    linear = np.arange(1.0, 11.0)  # adds 1 per block
+    exponential = linear[0] * theory.growth_factor(linear) ** np.arange(10.0)
+    assert theory.growth_factor(exponential) == pytest.approx(theory.growth_factor(linear))
+    assert theory.increment_acceleration(linear) == pytest.approx(1.0)
+    assert theory.increment_acceleration(exponential) == pytest.approx(theory.growth_factor(linear))
+    assert theory.increment_acceleration(theory.geometric_growth(9, 1.7, 2.0)) == pytest.approx(1.7)
+    # stages are taken one by one: a restart does not count as an increment
+    restarted = np.concatenate([np.arange(1.0, 6.0), np.arange(0.5, 5.5)])
+    assert theory.increment_acceleration(restarted, exclude_blocks=[5]) == pytest.approx(1.0)
+    settling = 2.0 - 0.5 ** np.arange(10.0)
+    assert theory.increment_acceleration(settling) < 1.0
+    assert np.isnan(theory.increment_acceleration(theory.flat(8, 1.0)))  # no increments at all
+
+
+def test_downsampling_jump_is_the_ratio_at_the_restarts():
+    values = np.array([1.0, 2.0, 4.0, 1.0, 2.0, 8.0, 16.0])
+    assert theory.downsampling_jump(values, [3, 5]) == pytest.approx(np.sqrt(0.25 * 4.0))
+    with pytest.raises(ValueError):
+        theory.downsampling_jump(values, [])
+
+
 def test_padding_fraction_counts_taps():
     assert theory.padding_fraction(1) == pytest.approx((1 / 3) ** 2)
     assert theory.padding_fraction(16) == pytest.approx(((3 * 16 - 2) / (3 * 16)) ** 2)

@@ -38,6 +38,13 @@ class BatchNorm2d(nn.BatchNorm2d):
     ``momentum=0.1``, the authors' 0.9) and are used in eval mode. As in torch, the running
     variance is fed the unbiased batch variance.
 
+    **Departure from the authors' code** (``BN_self`` in Lubana et al.'s ``layer_defs.py``), kept on purpose: this
+    is torch's own module, shared by every chapter of the book. The authors' running *mean* starts at 1 (torch's
+    at 0) and their running variance is fed the *biased* batch variance. Both only change eval-mode outputs: the
+    starting value's weight decays as :math:`0.9^t` (below :math:`10^{-4}` after about 90 steps), and the biased
+    feed differs by the factor :math:`n/(n-1)` for :math:`n = N H W` values per channel. Training-mode outputs,
+    which every claim at initialization and every training curve uses, are identical.
+
     Args:
         num_features: number of channels :math:`C`
         eps: added to the variance for numerical stability. Default: 1e-5
@@ -154,7 +161,8 @@ class _RunningStatsNorm2d(nn.Module):
 class _BatchVarianceNorm(_RunningStatsNorm2d):
     r"""A batch normalizer that divides by the per-channel batch standard deviation without centring.
 
-    Its running statistic is ``running_var``, fed the unbiased batch variance (as :class:`torch.nn.BatchNorm2d`).
+    Its running statistic is ``running_var``, fed the *biased* batch variance, as the authors' ``VN_self`` and
+    ``EvoNormBO`` do (``torch.var(..., unbiased=False)``; :class:`torch.nn.BatchNorm2d` feeds the unbiased one).
     """
 
     running_stats = (("running_var", 1.0),)
@@ -177,9 +185,9 @@ class _BatchVarianceNorm(_RunningStatsNorm2d):
         _check_4d(x, self)
         if not self._uses_batch_stats():
             return self.running_var
-        n = self._values_per_channel(x)
+        self._values_per_channel(x)
         var = x.var(dim=(0, 2, 3), correction=0)
-        self._update_running_stats(running_var=var.detach() * (n / (n - 1)))
+        self._update_running_stats(running_var=var.detach())
         return var
 
     def _divide_by_std(self, x: Tensor, var: Tensor) -> Tensor:
@@ -197,7 +205,9 @@ class VarianceNorm2d(_BatchVarianceNorm):
         y = \frac{x}{\sqrt{\mathrm{Var}_{N,H,W}[x] + \epsilon}} \gamma + \beta
 
     Per-channel biased batch variance in training; the running variance (updated
-    torch-style with ``momentum``, fed the unbiased batch variance) in eval mode.
+    torch-style with ``momentum``) in eval mode. The running variance is fed the *biased* batch
+    variance, as in the authors' ``VN_self`` (torch's :class:`~torch.nn.BatchNorm2d` feeds the
+    unbiased one); the two differ by :math:`n/(n-1)` for :math:`n = N H W` values per channel.
 
     Args:
         num_channels: number of channels :math:`C`

@@ -56,6 +56,9 @@ __all__ = [
     "flat",
     "nf_expected_variance",
     "growth_factor",
+    "stages",
+    "increment_acceleration",
+    "downsampling_jump",
     "StreamUnit",
     "STREAM_UNITS",
     "padding_fraction",
@@ -224,7 +227,63 @@ def growth_factor(values: np.ndarray, exclude_blocks: Iterable[int] = (), skip: 
     current, previous = values[blocks], values[[l - 1 for l in blocks]]
     if not (np.all(np.isfinite(values)) and np.all(current > 0) and np.all(previous > 0)):
         return float("nan")  # a stream that overflowed or vanished has no growth factor
-    return float(np.exp(np.mean(np.log(current / previous))))
+    return float(np.exp(np.mean(np.log(current) - np.log(previous))))
+
+
+def stages(num_values: int, exclude_blocks: Iterable[int] = ()) -> list[tuple[int, int]]:
+    """The stretches ``(first, last)`` of a curve of ``num_values`` entries (after the stem and each block) that no
+    block of ``exclude_blocks`` (a downsampling block, which restarts the stream) interrupts: the first starts at
+    the stem (0), every other at its downsampling block."""
+    starts = [0] + sorted(int(b) for b in exclude_blocks if 0 < int(b) < num_values)
+    ends = [s - 1 for s in starts[1:]] + [num_values - 1]
+    return list(zip(starts, ends))
+
+
+def increment_acceleration(values: np.ndarray, exclude_blocks: Iterable[int] = ()) -> float:
+    r"""How fast the per-block *increments* :math:`d_l=m_l-m_{l-1}` of a curve grow, per block (derived).
+
+    Within each stage (:func:`stages`) of :math:`k` increments, the increments of the last
+    :math:`h=\lfloor k/2\rfloor` blocks are summed and divided by those of the first :math:`h`; the ratio is the
+    per-block rate raised to the number of blocks :math:`k-h` between the two halves, so the statistic is
+
+    .. math:: a = \exp\Big(\sum_{\text{stages}}\log\frac{m_{\text{end}}-m_{\text{end}-h}}{m_{\text{start}+h}
+        -m_{\text{start}}}\Big/\sum_{\text{stages}}(k-h)\Big)
+
+    (the sums of increments telescope, so only four entries of each stage are read). It tells the laws apart where a
+    growth factor cannot: **linear** growth adds the same amount every block, :math:`a=1`; **exponential** growth
+    by :math:`r` per block has increments :math:`\propto r^l`, :math:`a=r` exactly; a stream that settles (bounded)
+    has :math:`a<1`. A stage with fewer than 2 increments is skipped; NaN when a sum of increments is not positive
+    (a flat or noisy-bounded stretch) or no stage is left.
+    """
+    values = np.asarray(values, dtype=float)
+    logs, gaps = 0.0, 0
+    for first, last in stages(len(values), exclude_blocks):
+        k = last - first
+        h = k // 2
+        if h < 1:
+            continue
+        early = values[first + h] - values[first]
+        late = values[last] - values[last - h]
+        if not (np.isfinite(early) and np.isfinite(late) and early > 0 and late > 0):
+            return float("nan")
+        logs += float(np.log(late) - np.log(early))
+        gaps += k - h
+    return float(np.exp(logs / gaps)) if gaps else float("nan")
+
+
+def downsampling_jump(values: np.ndarray, exclude_blocks: Iterable[int]) -> float:
+    r"""The geometric mean over the downsampling blocks :math:`t` of :math:`m_t/m_{t-1}`: how much the stream's
+    second moment changes where the strided shortcut restarts it (derived). NaN if a value is not positive."""
+    values = np.asarray(values, dtype=float)
+    blocks = [int(b) for b in exclude_blocks if 0 < int(b) < len(values)]
+    if not blocks:
+        raise ValueError("no downsampling block inside the curve")
+    current, previous = values[blocks], values[[b - 1 for b in blocks]]
+    if not (np.all(np.isfinite(current)) and np.all(np.isfinite(previous)) and np.all(current > 0)):
+        return float("nan")
+    if not np.all(previous > 0):
+        return float("nan")
+    return float(np.exp(np.mean(np.log(current) - np.log(previous))))
 
 
 # --------------------------------------------------------------------------------------------------------------
