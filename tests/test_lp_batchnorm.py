@@ -123,7 +123,7 @@ def test_measurement_is_tidy_and_deterministic(tiny):
 
 
 ROWS = {
-    "L.c_l1": "identity",
+    "L.c_l1": "known",
     "L.c_linf": "derived",
     "L.c_topk": "derived",
     "L.c_derived": "derived",

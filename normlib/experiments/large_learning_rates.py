@@ -658,7 +658,7 @@ class LargeLearningRates(Experiment):
         checks.append(
             claims.check_close(
                 "L.noise_level",
-                "derived",
+                PAPER,
                 "identity: the measured noise equals C/|B| x (N-|B|)/(N-1) (geometric mean of measured/predicted "
                 "over batch sizes; below the paper's bound C/|B|)",
                 predicted["L.noise_level"],

@@ -585,8 +585,9 @@ def check_claims(
 ) -> list[claims.ClaimCheck]:
     """Every row of the chapter (kinds as in :mod:`normlib.claims`):
 
-    * identities: ``L.c_l1`` (C_L1 makes the L1 deviation estimate sigma: the law of large numbers on Gaussian data),
-      ``L.overflow_l2.s*`` and ``L.l1_survives`` (the book's float16 emulation against the expected sums);
+    * known: ``L.c_l1`` (C_L1 = sqrt(pi/2) makes the L1 deviation estimate sigma: E|x - mu| = sigma sqrt(2/pi) for a
+      Gaussian, checked by Monte-Carlo);
+    * identities: ``L.overflow_l2.s*`` and ``L.l1_survives`` (the book's float16 emulation against the expected sums);
     * derived: ``L.c_linf``, ``L.c_topk`` (the code's C_Linf(n), the midpoint of two bounds, makes those deviations
       overestimate sigma by the derived factor, against "it estimates sigma") and ``L.c_derived`` (every Monte-Carlo
       point on its derived expectation, against "every ratio is 1");
@@ -612,7 +613,7 @@ def check_claims(
             1.0,
             l1["mean"],
             abs_tol=MC_SIGMAS * l1["se"],
-            kind="identity",
+            kind="known",
             alternative=("no constant needed: mean |x - mean| itself estimates sigma", lp.C_L1),
         )
     )

@@ -548,6 +548,11 @@ GROWTH_REL_TOL = stable_forward.GROWTH_REL_TOL
 DECADES_ABS_TOL = 1.0
 #: "Input-independent": at least 90 % of the images push the same class (the paper's Fig. 6 shows all of them).
 ONE_CLASS_MIN = 0.9
+#: How much heavier-tailed the unnormalized gradients must be: their excess kurtosis at least the normalized
+#: network's plus 3, the excess kurtosis of a Laplace distribution. Kurtosis does not see scale, so a margin is what
+#: tells "a heavier tail" from "the same shape, only larger". Set after looking at the measured values (10 to 66
+#: without a normalizer, 0.4 to 0.5 with BatchNorm, seeds 0-2): any margin from 1 to 9 gives the same verdicts.
+TAIL_MARGIN = 3.0
 #: "Diverse, input-dependent gradients" with BN (the paper's Fig. 6): no class takes half of the batch. Chosen for
 #: its meaning (a majority class), with the BN network's share (0.8 to 1 in earlier runs) already known.
 DIVERSE_MAX = 0.5
@@ -618,7 +623,7 @@ class UnnormalizedPathologies(Experiment):
         checks = [
             claims.check_close(
                 f"U.none_growth.{at}",
-                "derived",
+                PAPER,
                 f"without a normalizer ({at} init) the residual stream's second moment grows at the mean-field rate "
                 "(decades per block)",
                 rates[(BASELINE, at)],
@@ -632,7 +637,7 @@ class UnnormalizedPathologies(Experiment):
         checks.append(
             claims.check_close(
                 "U.norm_growth",
-                "derived",
+                PAPER,
                 f"with {title} ({init} init) the residual stream's second moment grows at the mean-field rate "
                 "(decades per block)",
                 rates[(norm, init)],
@@ -715,12 +720,15 @@ class UnnormalizedPathologies(Experiment):
             claims.check_at_least(
                 "U.gradient_tails",
                 PAPER,
-                f"without a normalizer ({init} init) those gradients are heavier-tailed than with {title}: a larger "
-                "excess kurtosis (the bound is the normalized network's)",
-                float(grads.loc[(init, norm), "excess_kurtosis"]),
+                f"without a normalizer ({init} init) those gradients are heavier-tailed than with {title}: an excess "
+                f"kurtosis at least the normalized network's plus {TAIL_MARGIN:g} (a Laplace tail's worth)",
+                float(grads.loc[(init, norm), "excess_kurtosis"]) + TAIL_MARGIN,
                 float(grads.loc[(init, BASELINE), "excess_kurtosis"]),
                 kind="paper",
-                alternative=("they are Gaussian: excess kurtosis 0", 0.0),
+                alternative=(
+                    f"the same shape as with {title}, only larger (kurtosis ignores scale: {title}'s value)",
+                    float(grads.loc[(init, norm), "excess_kurtosis"]),
+                ),
             )
         )
         share_none, share_norm = one_class_fraction(measured, BASELINE, init), one_class_fraction(measured, norm, init)
@@ -729,7 +737,8 @@ class UnnormalizedPathologies(Experiment):
                 "U.one_class",
                 PAPER,
                 f"without a normalizer ({init} init) the output gradient is input-independent: at least "
-                f"{ONE_CLASS_MIN:.0%} of the images are predicted as one and the same class (paper's Fig. 6)",
+                f"{ONE_CLASS_MIN:.0%} of the images are predicted as one and the same class (paper's Fig. 6; "
+                "the contrast with a normalizer is row U.one_class_norm)",
                 ONE_CLASS_MIN,
                 share_none,
                 kind="paper",
@@ -789,7 +798,7 @@ class UnnormalizedPathologies(Experiment):
         checks.append(
             claims.check_close(
                 "R.condition",
-                "derived",
+                PAPER,
                 "the condition number of a deep linear network grows exponentially with depth at the Lyapunov rate "
                 "(psi(N/2) - psi(1/2))/2 per layer",
                 predicted["R.condition"],
