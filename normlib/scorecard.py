@@ -10,6 +10,7 @@ claim from its alternative. The command line (``python -m normlib claims``) and 
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -33,6 +34,7 @@ __all__ = [
     "gate",
     "not_discriminating",
     "deviation",
+    "device_differences",
     "plot",
 ]
 
@@ -138,6 +140,35 @@ def not_discriminating(rows: pd.DataFrame) -> pd.DataFrame:
     no_alternative = (rows["alternative"] == "") | rows["alternative_passed"].isna()
     passes_both = rows["passed"] & (rows["alternative_passed"] == True)  # noqa: E712 (None stays False)
     return rows[(rows["kind"] != "identity") & (no_alternative | passes_both)]
+
+
+def device_differences(report: str | os.PathLike[str], rows: pd.DataFrame) -> pd.DataFrame:
+    """The (claim, seed) verdicts that another device's run of the book preset gives differently from ``rows``
+    (this build's): ``report`` is a JSON file with ``{"book": {seed: {notebook: {"rows": {id: {"passed",
+    "predicted", "measured"}}}}}}`` (as ``reference/gpu-*/device_report.json``). One row per difference:
+    ``notebook, seed, id, here, there, predicted, measured`` (the other device's values)."""
+    with open(report, encoding="utf-8") as f:
+        book = json.load(f)["book"]
+    here = rows.set_index(["notebook", "seed", "id"])["passed"]
+    out = []
+    for seed, chapters in book.items():
+        for notebook, result in chapters.items():
+            for cid, row in result.get("rows", {}).items():
+                key = (notebook, int(seed), cid)
+                if key in here.index and bool(here[key]) != bool(row["passed"]):
+                    out.append(
+                        {
+                            "notebook": notebook,
+                            "seed": int(seed),
+                            "id": cid,
+                            "here": bool(here[key]),
+                            "there": bool(row["passed"]),
+                            "predicted": row["predicted"],
+                            "measured": row["measured"],
+                        }
+                    )
+    columns = ["notebook", "seed", "id", "here", "there", "predicted", "measured"]
+    return pd.DataFrame(out, columns=columns).sort_values(["notebook", "id", "seed"]).reset_index(drop=True)
 
 
 def deviation(row: pd.Series | dict[str, Any]) -> float:

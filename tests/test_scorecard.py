@@ -1,0 +1,57 @@
+"""The scorecard's folding of (claim, seed) rows, on synthetic rows: no chapter runs."""
+
+import json
+
+import pandas as pd
+
+from normlib import scorecard
+
+
+def _rows(passed: dict[tuple[str, int], bool]) -> pd.DataFrame:
+    records = []
+    for (cid, seed), ok in passed.items():
+        records.append(
+            {
+                "notebook": "01_stable_forward",
+                "seed": seed,
+                "id": cid,
+                "kind": "paper",
+                "passed": ok,
+                "expected": True,
+                "alternative": "the other law",
+                "alternative_passed": False,
+            }
+        )
+    return pd.DataFrame(records)
+
+
+def test_a_row_is_reproduced_only_at_every_seed():
+    rows = _rows({("A.x", 0): True, ("A.x", 1): False, ("A.y", 0): True, ("A.y", 1): True})
+    folded = scorecard.robustness(rows).set_index("id")
+    assert folded.loc["A.x", "seeds_reproduced"] == 1 and not folded.loc["A.x", "reproduced"]
+    assert folded.loc["A.y", "verdict"] == "reproduced"
+    assert list(scorecard.gate(rows)["id"]) == ["A.x"]
+
+
+def test_device_differences_lists_only_changed_verdicts(tmp_path):
+    rows = _rows({("A.x", 0): True, ("A.y", 0): True, ("A.x", 1): False})
+    report = {
+        "book": {
+            "0": {
+                "01_stable_forward": {
+                    "rows": {
+                        "A.x": {"passed": True, "predicted": 1, "measured": 1},
+                        "A.y": {"passed": False, "predicted": 1, "measured": 2},
+                    }
+                }
+            },
+            "1": {"01_stable_forward": {"rows": {"A.x": {"passed": False, "predicted": 1, "measured": 3}}}},
+            "2": {"01_stable_forward": {"error": "not run here"}},
+        }
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    differ = scorecard.device_differences(path, rows)
+    assert differ[["id", "seed", "here", "there"]].to_dict("records") == [
+        {"id": "A.y", "seed": 0, "here": True, "there": False}
+    ]
