@@ -82,6 +82,15 @@ def test_every_row_has_a_kind_and_an_alternative(small_measurement):
     assert identities == {"A.flat.bn", "A.flat.sws", "A.flat.none"}
     (remedy,) = [c for c in checks if c.id == "A.flat.wn"]
     assert remedy.expected is False and "scaled ReLU" in remedy.reason
+    # the factor of a large non-negative stream is the scaled ReLU's gain squared, 2 pi/(pi - 1) = 2.93
+    assert "2 pi/(pi - 1) = 2.93" in remedy.reason and "not the authors' WN block" in remedy.reason
+    assert "this book's block" in remedy.statement
+    # the NF-ResNet scheme is Brock et al.'s; every other row is property A of the paper
+    for check in checks:
+        expected_paper = sf.NF_PAPER if check.id.startswith(("A.nf.", "A.nf_jump.")) else sf.PAPER
+        assert check.paper == expected_paper, check.id
+        if check.kind != "identity":
+            assert "second moment" in check.statement and "per-channel variance" in check.statement, check.id
 
 
 def test_claims_hold_with_the_right_theory(small_measurement):
@@ -129,7 +138,7 @@ def frame_of(config, curves):
 @pytest.fixture(scope="module")
 def book():
     """The book's defaults with the mean-field curves standing in for the measurement (no network is run)."""
-    config = chapter.resolve("book", norms=["bn", "none", "wn", "sws", "evo_b0"])
+    config = chapter.resolve("book", norms=["bn", "none", "wn", "sws", "evo_b0", "evo_s0"])
     predicted = chapter.predict(config)
     return config, predicted
 
@@ -153,6 +162,32 @@ def test_linear_rows_flip_under_exponential_growth_with_the_same_factor(book):
     # the per-block growth factor, the statistic the row used to compare, cannot tell the two apart
     assert sf.growth(config, curves[("bn", "plain")]) == pytest.approx(sf.growth(config, model))
     assert verdicts(config, predicted, curves)["A.linear.bn"] is False
+
+
+def within_stages(config, model, law):
+    """A curve that starts every stage where ``model`` does and follows ``law(start, steps)`` within it."""
+    out = np.empty_like(model)
+    for first, last in theory.stages(len(model), sf.transition_blocks(config["depth"])):
+        out[first : last + 1] = law(model[first], np.arange(last - first + 1))
+    return out
+
+
+@pytest.mark.parametrize("rate", [sf.SLOW_EXPONENTIAL_RATE, "just_past_the_tolerance"])
+def test_linear_rows_flip_under_a_slow_exponential(book, rate):
+    """The tolerance is on a - 1, not relative: the named alternative (1.24 per block) fails, and so does every
+    exponential just past model + tolerance, whatever the offset it grows from."""
+    config, predicted = book
+    model = predicted["curves"][("bn", "plain")]
+    if rate == "just_past_the_tolerance":
+        rate = sf.acceleration(config, model) + sf.LINEAR_ACC_ABS_TOL + 0.01
+    (row,) = [c for c in chapter.check(config, frame_of(config, predicted["curves"]), predicted)
+              if c.id == "A.linear.bn"]  # fmt: skip
+    assert row.passed and row.alternative_value == pytest.approx(sf.SLOW_EXPONENTIAL_RATE)
+    assert row.alternative_passed is False
+    for offset in (0.0, 1.0, 10.0):
+        slow = within_stages(config, model, lambda start, steps, c=offset: c + start * rate**steps)
+        assert sf.acceleration(config, slow) == pytest.approx(rate)
+        assert verdicts(config, predicted, {**predicted["curves"], ("bn", "plain"): slow})["A.linear.bn"] is False
 
 
 def test_exponential_rows_flip_under_linear_growth(book):
@@ -197,10 +232,31 @@ def test_nf_jump_flips_without_a_restart(book):
     assert passed["A.nf_jump.none"] is False
 
 
-def test_bounded_rows_flip_under_linear_growth(book):
+@pytest.mark.parametrize("norm", ["evo_b0", "evo_s0"])
+@pytest.mark.parametrize("start, increment", [(None, None), (0.5, 1.0), (0.5, 0.02), (5.0, 0.1), (50.0, 0.01)])
+def test_bounded_rows_flip_under_linear_growth_whatever_its_start_and_increment(book, norm, start, increment):
+    """A growth factor depends on a linear stream's start and increment (a small increment or a large start looks
+    as flat as a bounded stream); the late-to-early rise is 1 for every linear stream, so the row fails for each."""
     config, predicted = book
-    curves = {**predicted["curves"], ("evo_b0", "plain"): predicted["linear_curves"]["plain"]}
-    assert verdicts(config, predicted, curves)["A.bounded.evo_b0"] is False
+    if start is None:
+        linear = predicted["linear_curves"]["plain"]  # the mean-field linear stream of this block
+    else:
+        model = predicted["curves"][(norm, "plain")]
+        linear = within_stages(config, model, lambda _, steps: start + increment * steps)
+        assert sf.late_rise(config, linear) == pytest.approx(1.0)
+    curves = {**predicted["curves"], (norm, "plain"): linear}
+    assert verdicts(config, predicted, curves)[f"A.bounded.{norm}"] is False
+
+
+def test_late_rise_separates_settling_from_linear_and_exponential(book):
+    config, _ = book
+    n = 3 * ((config["depth"] - 2) // 6) + 1
+    ramp = 3.0 + 0.2 * np.arange(n)
+    assert sf.late_rise(config, ramp) == pytest.approx(1.0)  # continuing across stages: still 1
+    settled = np.concatenate([[0.5], np.full(n - 1, 1.0)])  # rises once, then stays
+    assert sf.late_rise(config, settled) == pytest.approx(0.0)
+    assert sf.late_rise(config, theory.geometric_growth(n - 1, 1.1, 1.0)) > 1.4
+    assert np.isnan(sf.late_rise(config, np.ones(n)))  # no early rise: no statistic
 
 
 @pytest.mark.parametrize("norm", ["wn", "evo_b0"])

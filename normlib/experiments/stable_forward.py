@@ -12,7 +12,10 @@ the residual stream after the stem and after every block of a CIFAR ResNet at in
 The predictions come from :mod:`normlib.theory` (derived in this book, not the paper's formulas). Each row names the
 law it must exclude and is compared by a statistic that tells the two apart: the increments' acceleration
 (:func:`normlib.theory.increment_acceleration`: 1 for linear growth, :math:`r` for growth by :math:`r` per block)
-for the linear and exponential laws, the growth factor or the level the stream settles at for the others.
+for the linear and exponential laws, the late-to-early rise (:func:`late_rise`: 1 for linear growth whatever its
+start and increment, near 0 for a stream that settles) for the bounded one, the growth factor or the level the
+stream settles at for the others. Every row compares the second moment :math:`\mathbb E[x_l^2]`, not the paper's
+per-channel variance (the page plots both).
 """
 
 from __future__ import annotations
@@ -277,6 +280,37 @@ def level(config: Mapping[str, Any], curve: np.ndarray) -> float:
     return float(np.mean(np.asarray(curve, dtype=float)[ends]))
 
 
+def late_rise(config: Mapping[str, Any], curve: np.ndarray) -> float:
+    r"""How much of a stage's early rise the stream keeps adding late in the stage (derived in this book).
+
+    Within each stage (:func:`normlib.theory.stages`) of :math:`k` increments, with :math:`h=\lfloor k/2\rfloor`,
+    the rise over the last :math:`h` blocks is divided by the rise over the first :math:`h`, summed over stages
+    before dividing:
+
+    .. math:: \rho = \sum_{\text{stages}}(m_{\text{end}}-m_{\text{end}-h})\Big/\sum_{\text{stages}}
+        (m_{\text{start}+h}-m_{\text{start}}).
+
+    A **linear** stream, :math:`m_l=c+d\,l` within a stage, adds :math:`h\,d` in both halves: :math:`\rho=1`
+    *whatever its start* :math:`c` *and increment* :math:`d` (and whatever they are in each stage); a stream that
+    **settles** adds almost nothing late, :math:`\rho\to0` (below 0 when noise lowers it late), and exponential
+    growth by :math:`r` per block gives :math:`r^{k-h}>1`. Unlike :func:`acceleration`, which takes a logarithm per
+    stage, it stays defined when a settled stage's late rise is not positive. NaN when the summed early rise is not
+    positive or no stage has two increments."""
+    values = np.asarray(curve, dtype=float)
+    early = late = 0.0
+    counted = False
+    for first, last in default_theory.stages(len(values), transition_blocks(config["depth"])):
+        half = (last - first) // 2
+        if half < 1:
+            continue
+        early += values[first + half] - values[first]
+        late += values[last] - values[last - half]
+        counted = True
+    if not (counted and np.isfinite(early) and np.isfinite(late) and early > 0):
+        return float("nan")
+    return float(late / early)
+
+
 def jump(config: Mapping[str, Any], curve: np.ndarray) -> float:
     """How much the downsampling blocks change the stream, see :func:`normlib.theory.downsampling_jump`."""
     return default_theory.downsampling_jump(curve, transition_blocks(config["depth"]))
@@ -285,6 +319,7 @@ def jump(config: Mapping[str, Any], curve: np.ndarray) -> float:
 #: How the page and the rows name each statistic.
 STATISTIC_WORDS = {
     acceleration: "per-block acceleration of the increments",
+    late_rise: "late-to-early rise within stages",
     growth: "per-block growth factor",
     level: "level the stream settles at",
     jump: "ratio across the downsampling blocks",
@@ -310,33 +345,56 @@ def flat_alike(config: Mapping[str, Any], curve: np.ndarray) -> np.ndarray:
     return out
 
 
-#: Every row compares its statistic within 15 %. The mean-field model neglects the correlations between entries of
-#: one channel or one sample and the fluctuations of finite width; 15 % was this chapter's tolerance on the growth
-#: factor before the rows named their alternatives, and is kept as it was for the new statistics (the acceleration,
-#: the level, the jump), whose statistic per law was chosen after looking at seeds 0-2 of the book defaults: the page
-#: says so. It is far tighter than the gaps the laws are about: at the book defaults the acceleration is about 1.03
-#: for linear growth against about 1.3 for the exponential law with the same growth factor, and 1.7-4.4 for the
-#: exponential streams.
+#: The exponential, rescaled, NF and jump rows compare their statistic within 15 %. The mean-field model neglects
+#: the correlations between entries of one channel or one sample and the fluctuations of finite width; 15 % was this
+#: chapter's tolerance on the growth factor before the rows named their alternatives, and is kept as it was for the
+#: new statistics (the acceleration, the level, the jump), whose statistic per law was chosen after looking at seeds
+#: 0-2 of the book defaults: the page says so. The linear and bounded rows have their own criteria (below).
 GROWTH_REL_TOL = 0.15
+#: A linear row passes when its acceleration is within this of the model's, an absolute tolerance on
+#: :math:`a-1` (a relative one on :math:`a\approx1` would be about 0.15 and admit every exponential up to 1.18 per
+#: block). Set after looking at seeds 0-2 of the book defaults, where the largest deviation is 0.057
+#: (VarianceNorm, seed 0), and at the tiny network of the command-line test (0.113): the page says so. With the
+#: model at about 1.026 it excludes every exponential faster than about 1.15 per block.
+LINEAR_ACC_ABS_TOL = 0.12
+#: The slow exponential a linear row names as its alternative: the one whose rate :math:`r-1` is twice the
+#: tolerance, so that the row's tolerance is half of what separates it from linear growth (1.24 per block, 7x over
+#: a stage of 9 blocks).
+SLOW_EXPONENTIAL_RATE = 1.0 + 2.0 * LINEAR_ACC_ABS_TOL
+#: A bounded row passes when the late half of each stage adds at most this fraction of what the early half added
+#: (:func:`late_rise`): halfway between a settled stream (0) and linear growth with any start and increment (1).
+#: The statistic replaced a growth factor that could not tell the two apart; it was chosen with seeds 0-2 of the
+#: book defaults in view (0.06-0.31 for the EvoNorms), and the page says so.
+BOUNDED_RISE_MAX = 0.5
 #: An identity holds exactly (a ratio of equal numbers); this only absorbs the last bit of a float.
 IDENTITY_ABS_TOL = 1e-9
+#: Whose claim each row checks: the NF-ResNet scheme is Brock et al.'s, everything else property A of the paper.
+NF_PAPER = "Brock et al. 2021"
+#: The quantity every row compares, for its statement.
+SECOND_MOMENT_WORDS = "of the second moment E[x^2], not the paper's per-channel variance"
 
 _STATEMENTS = {
     "linear": "{title} keeps the residual stream growing linearly in depth, not exponentially",
-    "bounded": "{title} normalizes the residual sum itself, so the stream stays bounded, not growing linearly",
+    "bounded": "{title} normalizes the residual sum itself, so the stream settles within a stage instead of growing "
+    "linearly",
     "exponential": "with {title} the residual stream grows exponentially in depth",
     "flat": "with SkipInit and {title} every block is the identity on the stream (a ReLU of a non-negative stream)",
     "rescaled": "with SkipInit and {title} the activation after the sum still rescales the stream at every block",
-    "remedy": "SkipInit, the paper's remedy for a parametric normalizer, keeps the {title} stream flat",
+    "remedy": "in this book's block (the authors' default post-activation block, {title}'s scaled ReLU after the "
+    "residual sum; not the activation-before-sum variant their WN experiments used), SkipInit, the paper's remedy "
+    "for a parametric normalizer, keeps the {title} stream flat",
     "nf": "with {title}, NF-ResNet scaling (branch input x/beta) brings back linear growth",
     "jump": "with {title} and NF-ResNet scaling, the model predicts how much the downsampling blocks change the stream",
 }
 #: Why the remedy row for WN reads "not reproduced" at the book's defaults.
 REMEDY_REASON = (
-    "the paper's WN block puts the scaled ReLU sqrt(2 pi/(pi - 1)) (ReLU(x) - 1/sqrt(2 pi)) after the residual sum; "
-    "SkipInit switches the branch off, not that activation, which multiplies a large stream's second moment by about "
-    "pi/(pi - 1) at every block (the mean-field model predicts the growth: A.rescaled.wn). The authors' code keeps a "
-    "variant with the activation before the sum for its WN experiments; the book's block is their default one"
+    "the verdict is about this book's block, not the authors' WN block: the book uses the authors' default "
+    "post-activation block, which puts WN's scaled ReLU sqrt(2 pi/(pi - 1)) (ReLU(x) - 1/sqrt(2 pi)) after the "
+    "residual sum; SkipInit switches the branch off, not that activation, which multiplies a large non-negative "
+    "stream's second moment by its gain squared, 2 pi/(pi - 1) = 2.93, at every block (the mean-field model predicts "
+    "the growth: A.rescaled.wn). The authors' code keeps a commented-out variant with the activation before the sum "
+    "for its WN experiments; normlib does not build it (its exact form was not recovered), so the remedy is not "
+    "measured in the block the authors used"
 )
 
 
@@ -345,19 +403,57 @@ def claim_id(norm: str, variant: str, block: str = "post") -> str:
     return f"A.{'nf' if variant == 'nf' else law(norm, variant, block)}.{norm}"
 
 
-def _row(config, key, norm, measured, predicted, statistic, law_name, alternative, **options):
+def _row(config, key, norm, measured, predicted, statistic, law_name, alternative, paper=PAPER, **options):
     """One check_close row: ``statistic`` of the measured and the predicted curve, within GROWTH_REL_TOL."""
     title = layers.norm_info(norm).title
     words = STATISTIC_WORDS[statistic]
     return claims.check_close(
         key,
-        PAPER,
-        f"{_STATEMENTS[law_name].format(title=title)} ({words}, against the mean-field model)",
+        paper,
+        f"{_STATEMENTS[law_name].format(title=title)} ({words} {SECOND_MOMENT_WORDS}, against the mean-field model)",
         statistic(config, predicted),
         statistic(config, measured),
         rel_tol=GROWTH_REL_TOL,
         alternative=alternative,
         **options,
+    )
+
+
+def _linear_row(config, key, norm, measured, predicted):
+    """A linear row: the acceleration within LINEAR_ACC_ABS_TOL of the model's (a tolerance on a - 1); the
+    alternative is exponential growth by SLOW_EXPONENTIAL_RATE per block, whose acceleration is that rate."""
+    title = layers.norm_info(norm).title
+    model = acceleration(config, predicted)
+    return claims.check_close(
+        key,
+        PAPER,
+        f"{_STATEMENTS['linear'].format(title=title)} ({STATISTIC_WORDS[acceleration]} {SECOND_MOMENT_WORDS}, "
+        f"within {LINEAR_ACC_ABS_TOL:g} of the mean-field model: every exponential faster than "
+        f"{model + LINEAR_ACC_ABS_TOL:.3g} per block fails; tolerance set after looking at the data)",
+        model,
+        acceleration(config, measured),
+        abs_tol=LINEAR_ACC_ABS_TOL,
+        alternative=(
+            f"slow exponential growth, {SLOW_EXPONENTIAL_RATE:.3g} per block (acceleration = rate; the tolerance "
+            f"is half its distance from linear growth)",
+            SLOW_EXPONENTIAL_RATE,
+        ),
+    )
+
+
+def _bounded_row(config, key, norm, measured):
+    """A bounded row: the late-to-early rise (:func:`late_rise`) at most BOUNDED_RISE_MAX; the alternative is
+    linear growth with any start and increment, whose late half adds what the early half did (1)."""
+    title = layers.norm_info(norm).title
+    return claims.check_at_most(
+        key,
+        PAPER,
+        f"{_STATEMENTS['bounded'].format(title=title)} ({STATISTIC_WORDS[late_rise]} {SECOND_MOMENT_WORDS}: the "
+        f"late half of each stage adds at most {BOUNDED_RISE_MAX:g} of what the early half added; criterion chosen "
+        f"after looking at the data)",
+        BOUNDED_RISE_MAX,
+        late_rise(config, measured),
+        alternative=("linear growth with any start and increment: the late half adds what the early half did", 1.0),
     )
 
 
@@ -376,7 +472,7 @@ class StableForward(Experiment):
     def predict(self, config: Config, measured: Any = None, *, theory: Any = default_theory) -> Predictions:
         """``curves``: the predicted second moment after the stem and every block, by (normalizer, variant);
         ``linear_curves``: the linear law of the same block (a centring normalizer in the branch), by variant,
-        the alternative of the exponential and bounded laws. The statistic of every row comes from these curves."""
+        the alternative of the exponential law. The statistic of every row comes from these curves."""
         curves = {(norm, variant): predict_stream(config, norm, variant, theory) for norm, variant in runs(config)}
         variants = sorted({variant for _, variant in runs(config) if variant == "plain"})
         linear = {v: predict_stream(config, "bn", v, theory, unit=theory.StreamUnit()) for v in variants}
@@ -384,7 +480,7 @@ class StableForward(Experiment):
 
     def check(self, config: Config, measured: pd.DataFrame, predicted: Predictions) -> list[claims.ClaimCheck]:
         """For every (normalizer, variant) run, the statistic that separates its law from its alternative, measured
-        against the mean-field model (see :data:`STATISTICS`). Rows that hold by construction are identities."""
+        against the mean-field model (see :data:`STATISTIC_WORDS`). Rows that hold by construction are identities."""
         checks = []
         block = config["block"]
         for norm, variant in runs(config):
@@ -405,11 +501,7 @@ class StableForward(Experiment):
                     )
                 )
             elif name == "linear":
-                alt = acceleration(config, exponential_alike(config, model))
-                checks.append(
-                    _row(config, key, norm, curve, model, acceleration, name,
-                         (f"exponential growth at the same per-block factor ({growth(config, model):.3g})", alt))
-                )  # fmt: skip
+                checks.append(_linear_row(config, key, norm, curve, model))
             elif name == "exponential":
                 alt = acceleration(config, predicted["linear_curves"]["plain"])
                 checks.append(
@@ -417,11 +509,7 @@ class StableForward(Experiment):
                          ("linear growth, as with a normalizer ending the branch (mean-field model)", alt))
                 )  # fmt: skip
             elif name == "bounded":
-                alt = growth(config, predicted["linear_curves"]["plain"])
-                checks.append(
-                    _row(config, key, norm, curve, model, growth, name,
-                         ("linear growth, as with a normalizer ending the branch (mean-field model)", alt))
-                )  # fmt: skip
+                checks.append(_bounded_row(config, key, norm, curve))
             elif name == "rescaled":
                 # WN's scaled ReLU rescales the stream geometrically (its growth factor is the law's parameter);
                 # an EvoNorm settles it at its fixed point (its level is), while its growth is within 15 % of 1.
@@ -445,12 +533,12 @@ class StableForward(Experiment):
                 checks.append(
                     _row(config, key, norm, curve, model, acceleration, "nf",
                          (f"exponential without NF's beta: the branch adds alpha^2 m_l, 1 + alpha^2 = "
-                          f"{1 + config['alpha'] ** 2:.3g} per block", alt))
+                          f"{1 + config['alpha'] ** 2:.3g} per block", alt), paper=NF_PAPER)
                 )  # fmt: skip
                 checks.append(
                     _row(config, f"A.nf_jump.{norm}", norm, curve, model, jump, "jump",
                          ("no restart: the downsampling block grows the stream like any other (mean-field model)",
-                          growth(config, model)))
+                          growth(config, model)), paper=NF_PAPER)
                 )  # fmt: skip
         return checks
 
