@@ -9,8 +9,9 @@ What is measured:
   InstanceNorm, the width is LayerNorm) and reference normalizers (BatchNorm, none, ...), over ``repeats``
   independent initializations.
 * **The paper's readings**: the cosine at the last layer of the paper's 10-layer CNN (``cfg_10``) at initialization
-  for every normalizer of its similarity-speed figure, on full-size images of the chapter's dataset, against the
-  paper's readings for that CNN (Lubana et al. 2021, similarity-speed figure; the paper's images are CIFAR-100).
+  for every normalizer of its similarity-speed figure, on ``paper_batch`` full-size images of the chapter's dataset,
+  against the paper's readings for that CNN (Lubana et al. 2021, similarity-speed figure; presumably of the last
+  layer, on CIFAR-100 images at batch 256).
 * **Training**: mean training accuracy over the whole training history (the paper's "Mean Train. Acc.") of a CNN
   trained with each normalizer and group size, against the cosine similarity at its last layer at initialization,
   measured on the very weights it starts from and on its first training batch.
@@ -52,6 +53,7 @@ PAPER_R = {"10-layer CNN": -0.67, "20-layer CNN": -0.66, "ResNet-56": -0.88}
 
 #: The paper's cosine similarity at initialization for its 10-layer CNN (``cfg_10``), per normalizer, read off the
 #: same figure (Lubana et al. 2021, about ±0.02; CIFAR-100 images, batch 256). InstanceNorm is not in the figure.
+#: The figure's axis says "Cosine Similarity" only: that it is the last layer's is our reading, not certain.
 PAPER_COSINES_10 = {
     "evo_s0": 0.34,
     "evo_b0": 0.34,
@@ -64,9 +66,10 @@ PAPER_COSINES_10 = {
     "wn": 0.85,
 }
 
-#: Tolerance of the mean-field check, on the cosine itself (absolute), at every layer. Chosen from what the model
-#: leaves out, before looking at the verdicts: it has infinitely many channels, so a group's mean over ``G`` channels
-#: is exact there and not at width 64, where channel averages fluctuate by about 1/sqrt(width) = 0.125; and it treats
+#: Tolerance of the mean-field check, on the cosine itself (absolute), at every layer. Set after looking: an early
+#: comparison of the curves with the measurement was in view when it was chosen (the page says so). The size it has
+#: stands for what the model leaves out: it has infinitely many channels, so a group's mean over ``G`` channels is
+#: exact there and not at width 64, where channel averages fluctuate by about 1/sqrt(width) = 0.125; and it treats
 #: every position alike, while at 14x14 about a quarter of the positions touch the zero padding. 0.1 is that size,
 #: and well below the spread between InstanceNorm and LayerNorm that the claim is about.
 MEAN_FIELD_ABS_TOL = 0.1
@@ -75,9 +78,17 @@ MEAN_FIELD_ABS_TOL = 0.1
 #: among seven group sizes costs 0.04; a reversed half of them much more). The paper-order row uses it too.
 SPEARMAN_ABS_TOL = 0.2
 
-#: The stable rank's log-log slope against sqrt(width / group size) may differ from 1 (a rank proportional to it) by
-#: this much. Set knowing the measured slope (about 0.35): any tolerance from 0.1 to 0.6 gives the same verdicts.
+#: The stable rank's log-log slope against sqrt(width / group size) may differ from the mean-field model's slope
+#: by this much. Set after looking, when the row still compared with slope 1 and the measured slope (about 0.33) was
+#: known; kept when the row was re-labelled to compare with the model's slope (about 0.41), which was then seen too.
+#: The alternative, slope 1, is 0.6 away from both.
 RANK_SLOPE_ABS_TOL = 0.25
+
+#: The smallest gap between LayerNorm's last-layer cosine and the largest of InstanceNorm's and BatchNorm's that
+#: ``B.ln_above_in_bn`` accepts: the chapter's finite-width scale (:data:`MEAN_FIELD_ABS_TOL`), so that a gap the
+#: size of the fluctuations of channel averages at width 64 is not read as LayerNorm ending above. Set knowing the
+#: measured gap (about 0.44 at seed 0), when the criterion was tightened from a bare "> 0".
+GAP_MIN = MEAN_FIELD_ABS_TOL
 
 
 def train_model_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -318,16 +329,39 @@ def last_layer(measured: pd.DataFrame, metric: str) -> pd.Series:
     return rows.groupby("setting")["value"].mean()
 
 
+def _slope(config: Mapping[str, Any], ranks: Mapping[int, float]) -> float:
+    """Least-squares slope of log(rank) against log(sqrt(width / group size)) over the group sizes of ``ranks``
+    (NaN with fewer than two)."""
+    sizes = sorted(ranks)
+    if len(sizes) < 2:
+        return float("nan")
+    x = np.log(np.sqrt(config["width"] / np.array(sizes, dtype=float)))
+    y = np.log([ranks[g] for g in sizes])
+    return float(np.polyfit(x, y, 1)[0])
+
+
 def rank_slope(config: Mapping[str, Any], measured: pd.DataFrame) -> float:
     """Least-squares slope of log(stable rank at the last layer) against log(sqrt(width / group size)) over the
     GroupNorm group sizes (NaN with fewer than two)."""
     ranks = last_layer(measured, "stable_rank")
-    sizes = sorted(config["group_sizes"])
-    if len(sizes) < 2:
+    return _slope(config, {g: ranks[f"gn{g}"] for g in config["group_sizes"]})
+
+
+def predicted_rank_slope(config: Mapping[str, Any], predicted: Predictions) -> float:
+    """The same slope for the mean-field model's ranks (``predicted["ranks"]``: the stable-rank bound of the
+    predicted last-layer cosine, equally similar samples)."""
+    return _slope(config, {g: predicted["ranks"][g] for g in config["group_sizes"]})
+
+
+def repeat_spread(measured: pd.DataFrame, keys: list[str]) -> float:
+    """The largest difference between two independent initializations of one setting in the last-layer cosine,
+    over the settings ``keys``: how far apart noise alone puts two networks of the same kind (NaN with one repeat)."""
+    rows = measured[(measured.metric == "cosine") & (measured.layer == measured.layer.max())]
+    rows = rows[rows.setting.isin(keys)]
+    if rows["repeat"].nunique() < 2:
         return float("nan")
-    x = np.log(np.sqrt(config["width"] / np.array(sizes, dtype=float)))
-    y = np.log([ranks[f"gn{g}"] for g in sizes])
-    return float(np.polyfit(x, y, 1)[0])
+    spread = rows.groupby("setting")["value"].agg(lambda v: v.max() - v.min())
+    return float(spread.max())
 
 
 def measure_paper_cnn(config: Mapping[str, Any]) -> pd.DataFrame:
@@ -447,9 +481,16 @@ def correlation(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> tupl
 
 
 def in_paper_figure(trained: pd.DataFrame) -> pd.Series:
-    """Which runs the paper's similarity-speed figure has a counterpart for: every one but InstanceNorm (GroupNorm
-    with group size 1, or ``in``), which its figure leaves out (Lubana et al. 2021)."""
+    """Which runs the correlation uses: every one but InstanceNorm (GroupNorm with group size 1, or ``in``), which
+    the paper's similarity-speed figure leaves out (Lubana et al. 2021). The other runs are not the figure's set: it
+    has no sweep over group sizes and no unnormalized network, and it has normalizers the book does not train by
+    default (FRN, VN, SWS, WN, the EvoNorms)."""
     return ~((trained.norm == "in") | ((trained.norm == "gn") & (trained.group_size == 1)))
+
+
+def _speed_runs(trained: pd.DataFrame, like_paper: bool) -> pd.DataFrame:
+    keep = ~trained.diverged & (in_paper_figure(trained) if like_paper else True)
+    return trained[keep]
 
 
 def speed_correlation(
@@ -457,10 +498,29 @@ def speed_correlation(
 ) -> tuple[float, float, float]:
     """:func:`correlation` of mean training accuracy against cosine at initialization. Runs that diverged are left
     out (their accuracy measures how long they lasted, not how fast they learned), and with ``like_paper`` so is
-    InstanceNorm, as in the paper's figure (:func:`in_paper_figure`)."""
-    keep = ~trained.diverged & (in_paper_figure(trained) if like_paper else True)
-    ok = trained[keep]
+    InstanceNorm, which the paper's figure leaves out (:func:`in_paper_figure`)."""
+    ok = _speed_runs(trained, like_paper)
     return correlation(ok["init_cosine"], ok["mean_train_acc"], config["bootstrap"], config["seed"])
+
+
+def leave_one_out(config: Mapping[str, Any], trained: pd.DataFrame, like_paper: bool = True) -> pd.Series:
+    """The upper end of the 95 % bootstrap interval of :func:`speed_correlation` with each run left out in turn,
+    indexed by the key of the run left out (empty with fewer than four runs)."""
+    ok = _speed_runs(trained, like_paper)
+    if len(ok) < 4:
+        return pd.Series(dtype=float)
+    highs = {}
+    for index, key in zip(ok.index, ok["key"]):
+        rest = ok.drop(index=index)
+        highs[key] = correlation(rest["init_cosine"], rest["mean_train_acc"], config["bootstrap"], config["seed"])[2]
+    return pd.Series(highs, dtype=float)
+
+
+def leave_one_out_high(config: Mapping[str, Any], trained: pd.DataFrame, like_paper: bool = True) -> float:
+    """The largest upper end over :func:`leave_one_out`: below 0 only when no single run carries the correlation
+    (NaN with fewer than four runs)."""
+    highs = leave_one_out(config, trained, like_paper)
+    return float(highs.max()) if len(highs) else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -497,13 +557,16 @@ def worst_deviation(measured: np.ndarray, curve: np.ndarray) -> float:
 
 
 def gap_criterion(gap: float) -> bool:
-    """The criterion of ``B.ln_above_in_bn``: LayerNorm's last-layer cosine above the others'."""
-    return bool(np.isfinite(gap) and gap > 0)
+    """The criterion of ``B.ln_above_in_bn``: LayerNorm's last-layer cosine above the others' by more than
+    :data:`GAP_MIN`."""
+    return bool(np.isfinite(gap) and gap > GAP_MIN)
 
 
-def speed_criterion(high: float) -> bool:
-    """The criterion of ``B.similarity_slows_training``: the 95 % interval of r entirely below 0."""
-    return bool(np.isfinite(high) and high < 0)
+def speed_criterion(high: float, loo_high: float) -> bool:
+    """The criterion of ``B.similarity_slows_training``, fixed before its verdicts at seeds 1 and 2 were seen: the
+    95 % interval of r entirely below 0 with every run (``high``) and with any one run left out (``loo_high``, the
+    largest upper end over :func:`leave_one_out_high`'s subsets)."""
+    return bool(np.isfinite(high) and high < 0 and np.isfinite(loo_high) and loo_high < 0)
 
 
 def decorrelated(trained: pd.DataFrame) -> pd.DataFrame:
@@ -518,11 +581,12 @@ def decorrelated(trained: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-#: Why the rank-slope row reads "not reproduced" at the book's defaults.
-RANK_SLOPE_REASON = (
-    "the paper states a lower bound of order sqrt(width/group size) on a rank whose exact definition we could not "
-    "recover (probably that of the pre-classifier covariance); the stable rank of the cosine matrix measured here is "
-    "set by the mean cosine, srank <= N/(1 + (N - 1) mean cosine), and grows more slowly with width/group size"
+#: Why the similarity-speed row reads "not reproduced" at the book's defaults.
+SPEED_REASON = (
+    "with every run the 95% interval of r lies below 0, but the correlation rests on single runs: with BatchNorm, "
+    "and with some other runs, left out the interval reaches above 0. Without BatchNorm the other runs do not show "
+    "the trend with confidence over so short a training; eight runs of the book's 4-layer CNN, not the "
+    "paper's set of normalizers, are too few to show the paper's trend robustly"
 )
 #: Why the paper-cosine row reads "not reproduced" at the book's defaults.
 PAPER_COSINES_REASON = (
@@ -592,17 +656,18 @@ class InformativeForward(Experiment):
                     alternative=("the cosine does not depend on the group size (Spearman 0)", 0.0),
                 )
             )
-            pred_rank = [predicted["ranks"][g] for g in sizes]
             checks.append(
                 claims.check_close(
                     "B.rank_falls_with_group_size",
                     PAPER,
-                    "the stable rank at the last layer falls as the group size grows (Spearman correlation; "
-                    "predicted: the mean-field model's)",
-                    _spearman(sizes, pred_rank),
+                    "sanity check, not a second claim: the stable rank at the last layer orders the group sizes "
+                    "opposite to the mean cosine (Spearman correlation of the rank with the group size against minus "
+                    "that of the measured cosine), since it is set by the mean cosine, srank <= N/(1 + (N - 1) mean "
+                    "cosine), nearly attained; it repeats B.similarity_rises_with_group_size and is not counted",
+                    -_spearman(sizes, [cos_last[k] for k in keys]),
                     _spearman(sizes, [rank_last[k] for k in keys]),
                     abs_tol=SPEARMAN_ABS_TOL,
-                    kind="paper",
+                    kind="identity",
                     alternative=("the stable rank does not depend on the group size (Spearman 0)", 0.0),
                 )
             )
@@ -610,34 +675,45 @@ class InformativeForward(Experiment):
                 claims.check_close(
                     "B.rank_slope",
                     PAPER,
-                    "the stable rank at the last layer scales like sqrt(width / group size), the order of the paper's "
-                    "v1 rank bound (log-log slope over the group sizes)",
-                    1.0,
+                    "the stable rank of the cosine matrix at the last layer grows with sqrt(width / group size) only "
+                    "as fast as the mean-field cosine allows (log-log slope over the group sizes; predicted: the "
+                    "slope of N/(1 + (N - 1) c) for the model's last-layer cosine c), not in proportion to it. This "
+                    "does not test the paper's v1 lower bound Omega(sqrt(width / group size)), which one width "
+                    "cannot test and whose rank is probably a different one",
+                    predicted_rank_slope(config, predicted),
                     rank_slope(config, init),
                     abs_tol=RANK_SLOPE_ABS_TOL,
-                    kind="paper",
-                    alternative=("the stable rank does not depend on the group size (slope 0)", 0.0),
-                    expected=False,
-                    reason=RANK_SLOPE_REASON,
+                    kind="derived",
+                    alternative=(
+                        "the rank in proportion to sqrt(width / group size), the bound's order (slope 1)",
+                        1.0,
+                    ),
                 )
             )
         if 1 in sizes and config["width"] in sizes:
             others = ["gn1"] + (["bn"] if "bn" in config["norms"] else [])
-            pred_gap = curves[f"gn{config['width']}"][-1] - max(curves[k][-1] for k in others)
-            meas_gap = cos_last[f"gn{config['width']}"] - max(cos_last[k] for k in others)
+            ln_key = f"gn{config['width']}"
+            pred_gap = curves[ln_key][-1] - max(curves[k][-1] for k in others)
+            meas_gap = cos_last[ln_key] - max(cos_last[k] for k in others)
+            noise_gap = repeat_spread(init, [ln_key, *others])
             checks.append(
                 claims.check_true(
                     "B.ln_above_in_bn",
                     PAPER,
                     "LayerNorm's cosine at the last layer ends above InstanceNorm's"
                     + (" and BatchNorm's" if "bn" in others else "")
-                    + " (gap LN - max of them)",
+                    + f" by more than {GAP_MIN:g}, the chapter's finite-width scale (gap LN - max of them; predicted: "
+                    "the mean-field model's gap)",
                     pred_gap,
                     meas_gap,
                     gap_criterion(meas_gap),
-                    "measured gap > 0",
+                    f"measured gap > {GAP_MIN:g}",
                     kind="paper",
-                    alternative=("LayerNorm no more similar than the others (gap 0)", gap_criterion(0.0)),
+                    alternative=(
+                        "LayerNorm no more similar than the others, the gap only noise: the largest difference "
+                        "between two initializations of one of these settings",
+                        gap_criterion(noise_gap),
+                    ),
                 )
             )
         for key, norm, g in settings(config):
@@ -664,7 +740,9 @@ class InformativeForward(Experiment):
                     "B.paper_cosine_order",
                     PAPER,
                     "the paper's 10-layer CNN at initialization orders the normalizers by cosine as the paper's "
-                    "figure does (Spearman correlation of the measured cosines with the paper's readings)",
+                    "figure does (Spearman correlation of the measured cosines at the last layer with the paper's "
+                    "readings, which are presumably of the last layer; the paper's images are CIFAR-100 at batch 256, "
+                    f"ours {config['dataset']} at batch {config['paper_batch']})",
                     _spearman(readings, readings),
                     _spearman(readings, cosines),
                     abs_tol=SPEARMAN_ABS_TOL,
@@ -676,8 +754,10 @@ class InformativeForward(Experiment):
                 claims.check_at_most(
                     "B.paper_cosines",
                     PAPER,
-                    "the paper's 10-layer CNN at initialization: every normalizer's cosine within "
-                    f"{MEAN_FIELD_ABS_TOL:g} of the paper's reading (largest |measured - reading|)",
+                    "the paper's 10-layer CNN at initialization: every normalizer's cosine at the last layer within "
+                    f"{MEAN_FIELD_ABS_TOL:g} of the paper's reading, presumably of the last layer (largest |measured "
+                    "- reading|; the paper's images are CIFAR-100 at batch 256, "
+                    f"ours {config['dataset']} at batch {config['paper_batch']})",
                     MEAN_FIELD_ABS_TOL,
                     float(np.max(np.abs(cosines - readings))),
                     kind="paper",
@@ -690,25 +770,35 @@ class InformativeForward(Experiment):
                 )
             )
         if trained is not None:
-            r, low, high = speed_correlation(config, trained)
-            _, _, high_alt = speed_correlation(config, decorrelated(trained))
+            r, _, high = speed_correlation(config, trained)
+            loo_high = leave_one_out_high(config, trained)
+            flat = decorrelated(trained)
+            high_alt, loo_alt = speed_correlation(config, flat)[2], leave_one_out_high(config, flat)
+            runs = ", ".join(trained.loc[in_paper_figure(trained), "key"].astype(str))
+            steps = f"{int(trained.steps.max())} " if "steps" in trained else ""
+            network = "the book's 4-layer CNN" if config["train_cnn"] == "book" else "the uniform CNN"
             checks.append(
                 claims.check_true(
                     "B.similarity_slows_training",
                     PAPER,
-                    "mean training accuracy falls as the cosine at initialization rises: Pearson r < 0 over the runs "
-                    "the paper's figure has (no InstanceNorm; predicted: the paper's r for its 10-layer CNN, read off "
-                    "a figure)",
+                    f"mean training accuracy of {network} over its {steps}training steps falls "
+                    "as its cosine at initialization rises, robustly: Pearson r < 0 over the runs trained here but "
+                    f"InstanceNorm ({runs}, less any that diverged), which are not the paper's figure's set (it has no "
+                    "sweep over group sizes and no unnormalized net, but FRN, VN, SWS, WN and the EvoNorms). For "
+                    "reference only, as the prediction: the paper's r for its 10-layer CNN trained 60 epochs, read "
+                    "off a figure",
                     PAPER_R["10-layer CNN"],
                     r,
-                    speed_criterion(high),
-                    "95% bootstrap interval below 0",
+                    speed_criterion(high, loo_high),
+                    "95% bootstrap interval below 0, with every run and with any one run left out",
                     kind="paper",
                     alternative=(
                         "no relation: the same accuracies with the correlation removed (r = 0)",
-                        speed_criterion(high_alt),
+                        speed_criterion(high_alt, loo_alt),
                     ),
-                )  # fmt: skip
+                    expected=False,
+                    reason=SPEED_REASON,
+                )
             )
         return checks
 
