@@ -108,7 +108,9 @@ BOOK = {
     "batch_size": 16,
     "image_size": 16,
     "in_sizes": [2, 4, 8, 16],
-    "repeats": 6,
+    # 24, not 6: with 6 repeats the 16 -> 64 step of C.order sat within 1 to 4 standard errors depending on the seed
+    # (raised after looking; the measurement at initialization costs about 2 s per repeat on a CPU, no training)
+    "repeats": 24,
     "learning_rates": [0.005, 0.02, 0.1],
     "batch_sizes": [32],
     "train_depth": 5,
@@ -368,6 +370,26 @@ def predict_in_size(size: int, theory: Any = default_theory) -> float:
 #: mean-field r(G), InstanceNorm's map-size law) leave out the same things and are held to the same 5 %.
 BN_REL_TOL = 0.05
 
+#: A mean-field row whose ±5 % interval overlaps the ±5 % interval its alternative would get can pass under that
+#: alternative (a measurement in the overlap passes both): it is kept as a sanity check (kind ``identity``, out of
+#: the headline) rather than counted as evidence. This is LayerNorm at the book's and the paper's settings: the
+#: model's r(width), about 1.05, is only about 5 % above no growth (1). The rule depends on the predictions only,
+#: never on a measurement.
+#: ``C.order``: each step up in group size must lower the mean log growth factor by at least this many standard
+#: errors (each factor's standard error over the repeats, combined in quadrature). Set before looking, as the review
+#: proposed; three such gaps at once almost never pass under the null (see :func:`null_gap_quantile`).
+Z_MIN = 2.0
+#: ``C.in_size_grows``: the one gap it asks for, in the same units. 3, not 2: with 6 repeats and one gap, 2 standard
+#: errors is the null's own 95th percentile (the 2x2 factor's spread dominates, a t law with about 5 degrees of
+#: freedom), so a 2-SE row would pass under its alternative 5 % of the time. Set after computing that null, before
+#: comparing with the measured gap.
+Z_SIZE = 3.0
+#: A row's alternative is said to pass when the row's criterion passes in at least this share of draws from the
+#: alternative's null (the row's statistic at the null's 95th percentile reaches the row's bound).
+NULL_LEVEL = 0.05
+#: Draws from the "no dependence" null (each run's repeats redrawn around a common value with its measured spread).
+NULL_DRAWS = 4000
+
 #: Why each expected "not reproduced" row is one.
 MEAN_FIELD_REASON = (
     "the mean-field model's kappa(G) (how much of a channel's power sits in its mean) is too large for intermediate "
@@ -382,12 +404,16 @@ IN_SIZE_REASON = (
 DIVERGE_REASON = (
     "at the book's scale (one epoch on a small Fashion-MNIST subset, a 5-layer CNN) no group size diverges at the "
     "highest learning rate: at 0.1 every group stalls near chance instead, which the book's definition of divergence "
-    "(a non-finite loss or 1000 times the first) does not count; the paper's preset trains at its scale"
+    "(a non-finite loss or 1000 times the first) does not count. The other half of the tradeoff, that small groups "
+    "train fast, is contradicted at this scale too: InstanceNorm (group size 1) does not train at any of the book's "
+    "learning rates (its final loss stays near ln 10, chance for 10 classes), while every larger group does at the "
+    "smallest rate, where group size 4, not 1, is the fastest. The paper's preset trains at its scale"
 )
 
 
 def criterion_order(rho: float) -> bool:
-    """``C.order``'s criterion: a negative rank correlation."""
+    """The old ``C.order`` criterion, a negative rank correlation (kept for callers; the row now uses
+    :func:`adjacent_gaps`)."""
     return bool(np.isfinite(rho) and rho < 0)
 
 
@@ -396,11 +422,67 @@ def criterion_diverge(small: bool, large: bool) -> bool:
     return bool(small and not large)
 
 
+def diverge_null_share(diverged: list[bool]) -> float:
+    """The probability that :func:`criterion_diverge` passes when the observed divergence flags (one per group size,
+    smallest group first) are dealt to the group sizes at random, the null "stability does not depend on the group
+    size": with ``k`` of ``m`` diverged it is k (m - k) / (m (m - 1)). NaN with fewer than two groups."""
+    m, k = len(diverged), int(sum(bool(d) for d in diverged))
+    return float(k * (m - k) / (m * (m - 1))) if m >= 2 else float("nan")
+
+
 def rank_correlation(x: list[float], y: list[float]) -> float:
     """Spearman's rank correlation (NaN with fewer than two points, a non-finite value or a constant side)."""
     if len(x) < 2 or not np.all(np.isfinite(y)) or np.ptp(y) == 0:
         return float("nan")
     return float(spearmanr(x, y).statistic)
+
+
+def log_factor_stats(measured: dict[str, pd.DataFrame], run: str) -> tuple[float, float, int]:
+    """``(mean, standard deviation, repeats)`` of the log growth factor of ``run`` over its repeats (the standard
+    deviation is NaN with fewer than two repeats)."""
+    factors = measured_factors(measured)
+    logs = np.log(factors[factors.run == run]["factor"].to_numpy(dtype=float))
+    sd = float(np.std(logs, ddof=1)) if len(logs) >= 2 else float("nan")
+    return (float(np.mean(logs)) if len(logs) else float("nan")), sd, int(len(logs))
+
+
+def _gaps(means: np.ndarray, sds: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Differences of successive means (earlier minus later) in units of their combined standard error; the last
+    axis runs over the runs."""
+    se2 = sds**2 / counts
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (means[..., :-1] - means[..., 1:]) / np.sqrt(se2[..., :-1] + se2[..., 1:])
+
+
+def adjacent_gaps(stats: list[tuple[float, float, int]]) -> list[float]:
+    """For runs in order, each ``(mean, sd, repeats)`` of :func:`log_factor_stats`: how far each mean lies above the
+    next, in standard errors (NaN where a run has fewer than two repeats)."""
+    means, sds, counts = (np.array(v, dtype=float) for v in zip(*stats))
+    return [float(v) for v in _gaps(means, sds, counts)]
+
+
+def null_gap_quantile(stats: list[tuple[float, float, int]], seed: int) -> float:
+    """The 95th percentile (:data:`NULL_LEVEL`) of the smallest :func:`adjacent_gaps` under the null "no
+    dependence": every run's repeats redrawn from a normal law around one common value, with the run's measured
+    standard deviation and number of repeats (:data:`NULL_DRAWS` draws). A row whose criterion is "smallest gap >=
+    bound" passes in at least 5 % of the null's draws exactly when this reaches the bound. NaN when a run has fewer
+    than two repeats."""
+    sds = np.array([s[1] for s in stats], dtype=float)
+    counts = [s[2] for s in stats]
+    if len(stats) < 2 or not np.all(np.isfinite(sds)):
+        return float("nan")
+    rng = np.random.default_rng([int(seed), 3])
+    draws = [rng.normal(0.0, sd, size=(NULL_DRAWS, n)) for sd, n in zip(sds, counts)]
+    means = np.stack([d.mean(axis=1) for d in draws], axis=-1)
+    draw_sds = np.stack([d.std(axis=1, ddof=1) for d in draws], axis=-1)
+    smallest = np.nan_to_num(_gaps(means, draw_sds, np.array(counts, dtype=float)), nan=-np.inf).min(axis=-1)
+    return float(np.quantile(smallest, 1 - NULL_LEVEL, method="inverted_cdf"))
+
+
+def mean_field_discriminates(model: float, alternative: float) -> bool:
+    """Whether no measurement can pass a mean-field row held to ±5 % of ``model`` and also pass it with
+    ``alternative`` as the prediction (the two intervals are disjoint)."""
+    return bool(np.isfinite(model) and abs(alternative - model) > BN_REL_TOL * (abs(model) + abs(alternative)))
 
 
 def law_sizes(config: Mapping[str, Any], theory: Any = default_theory) -> list[int]:
@@ -423,12 +505,12 @@ class StableBackward(Experiment):
         return measure_all(config, executor, cache)
 
     def predict(self, config: Config, measured: Any = None, *, theory: Any = default_theory) -> Predictions:
-        """``C.bn`` (Yang et al.'s factor), ``C.order`` (a perfectly falling rank correlation, -1), ``C.diverge``
+        """``C.bn`` (Yang et al.'s factor), ``C.order`` (the smallest gap it asks for, :data:`Z_MIN`), ``C.diverge``
         (1: the smallest group diverges, the largest does not), ``groups`` (:func:`predict_group` per group size)
         and ``in_sizes`` (:func:`predict_in_size` per map size)."""
         return {
             "C.bn": predict_bn(config, theory),
-            "C.order": -1.0,
+            "C.order": Z_MIN,
             "C.diverge": 1.0,
             "groups": {g: predict_group(config, g, theory) for g in config["group_sizes"]},
             "in_sizes": {s: predict_in_size(s, theory) for s in config["in_sizes"]},
@@ -437,10 +519,11 @@ class StableBackward(Experiment):
     def check(
         self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
     ) -> list[claims.ClaimCheck]:
-        """C.bn (Yang et al.'s factor), C.order (the factor falls with the group size), C.mean_field.gn<G> (the
-        derived r(G) per group size), C.in_size_grows and C.in_size.<s> (InstanceNorm's map-size law), C.diverge
-        (the smallest group diverges at the highest learning rate, the largest does not). Each names its
-        alternative."""
+        """C.bn (Yang et al.'s factor), C.order (the factor falls at every step up in group size, beyond the noise),
+        C.mean_field.gn<G> (the derived r(G) per group size), C.in_size_grows (InstanceNorm's factor on the smallest
+        maps above the largest, beyond the noise) and C.in_size.<s> (InstanceNorm's map-size law), C.diverge (the
+        smallest group diverges at the highest learning rate, the largest does not). Each names its alternative; the
+        order and size rows and C.diverge take their alternative's verdict from a null with the measured noise."""
         bn = predict_bn(config)
         checks = [
             claims.check_close(
@@ -457,40 +540,50 @@ class StableBackward(Experiment):
 
         sizes = sorted(config["group_sizes"])
         factors = [measured_factor(measured, run_label("gn", g)) for g in sizes]
-        rho = rank_correlation(sizes, factors)
-        flat = [float(np.nanmean(factors))] * len(sizes)
+        group_stats = [log_factor_stats(measured, run_label("gn", g)) for g in sizes]
+        gaps = adjacent_gaps(group_stats) if len(sizes) >= 2 else []
+        smallest_gap = float(min(gaps)) if gaps and np.all(np.isfinite(gaps)) else float("nan")
         checks.append(
-            claims.check_true(
+            claims.check_at_least(
                 "C.order",
                 PAPER,
-                "the gradient growth factor falls as the group grows (Spearman rank correlation)",
+                "the gradient growth factor falls at every step up in group size: each group's mean log factor lies "
+                f"above the next larger group's by at least {Z_MIN:g} standard errors (the smallest such gap)",
                 predicted["C.order"],
-                rho,
-                criterion_order(rho),
-                "rho < 0",
+                smallest_gap,
                 kind="paper",
                 alternative=(
-                    "the growth does not depend on the group size",
-                    criterion_order(rank_correlation(sizes, flat)),
+                    "the growth does not depend on the group size (the measured spreads around one common value; "
+                    "the smallest gap's 95th percentile under that null)",
+                    null_gap_quantile(group_stats, config["seed"]),
                 ),
             )
         )
         for g, factor in zip(sizes, factors):
             model = predicted["groups"][g]["mean_field"]
-            alternative = (
-                ("no gradient growth, as without a normalizer (r = 1)", 1.0)
-                if g == 1
-                else ("the group size does not matter: InstanceNorm's pi/(pi-1)", bn)
-            )
+            if g == config["width"]:
+                alternative = ("LayerNorm adds no growth, as without a normalizer (r = 1)", 1.0)
+            elif g == 1:
+                alternative = ("no gradient growth, as without a normalizer (r = 1)", 1.0)
+            else:
+                alternative = ("the group size does not matter: InstanceNorm's pi/(pi-1)", bn)
             ends = g in (1, config["width"])  # the model is right at the ends, too high in between
+            evidence = mean_field_discriminates(model, alternative[1])
+            statement = (
+                f"GroupNorm with {g} channel(s) per group: the measured growth factor is the mean-field r(G)"
+                if evidence
+                else f"sanity check, GroupNorm with {g} channel(s) per group: the measured growth factor is within 5 % "
+                "of the mean-field r(G) (so is its alternative: this row cannot tell them apart)"
+            )
             checks.append(
                 claims.check_close(
                     f"C.mean_field.gn{g}",
                     PAPER,
-                    f"GroupNorm with {g} channel(s) per group: the measured growth factor is the mean-field r(G)",
+                    statement,
                     model,
                     factor,
                     rel_tol=BN_REL_TOL,
+                    kind="derived" if evidence else "identity",
                     alternative=alternative,
                     expected=ends,
                     reason="" if ends else MEAN_FIELD_REASON,
@@ -498,21 +591,21 @@ class StableBackward(Experiment):
             )
 
         in_sizes = sorted(config["in_sizes"])
-        in_factors = [measured_factor(measured, f"in@{s}") for s in in_sizes]
-        positions = [s * s for s in in_sizes]
-        rho_in = rank_correlation(positions, in_factors)
+        ends_stats = [log_factor_stats(measured, f"in@{s}") for s in (in_sizes[0], in_sizes[-1])]
+        in_gap = adjacent_gaps(ends_stats)[0] if len(in_sizes) >= 2 else float("nan")
         checks.append(
-            claims.check_true(
+            claims.check_at_least(
                 "C.in_size_grows",
                 PAPER,
-                "InstanceNorm's growth factor grows as its maps shrink (Spearman correlation with the positions n)",
-                rank_correlation(positions, [predicted["in_sizes"][s] for s in in_sizes]),
-                rho_in,
-                criterion_order(rho_in),
-                "rho < 0",
+                f"InstanceNorm's growth factor on the smallest maps ({in_sizes[0]}x{in_sizes[0]}) exceeds the one on "
+                f"the largest ({in_sizes[-1]}x{in_sizes[-1]}) by at least {Z_SIZE:g} standard errors of the mean log "
+                "factor",
+                Z_SIZE,
+                float(in_gap),
                 alternative=(
-                    "no dependence on the map size (pi/(pi-1) at every size)",
-                    criterion_order(rank_correlation(positions, [bn] * len(in_sizes))),
+                    "no dependence on the map size (the measured spreads around one common value; the gap's 95th "
+                    "percentile under that null)",
+                    null_gap_quantile(ends_stats, config["seed"]) if len(in_sizes) >= 2 else float("nan"),
                 ),
             )
         )
@@ -535,8 +628,8 @@ class StableBackward(Experiment):
         train = measured["train"]
         top = max(config["learning_rates"])
         at_top = train[train.lr == top]
-        small = bool(at_top[at_top.group_size == min(sizes)]["diverged"].any())
-        large = bool(at_top[at_top.group_size == max(sizes)]["diverged"].any())
+        flags = [bool(at_top[at_top.group_size == g]["diverged"].any()) for g in sizes]
+        small, large = flags[0], flags[-1]
         checks.append(
             claims.check_true(
                 "C.diverge",
@@ -549,8 +642,9 @@ class StableBackward(Experiment):
                 "smallest diverged, largest not",
                 kind="paper",
                 alternative=(
-                    "stability does not depend on the group size (both or neither diverge)",
-                    criterion_diverge(small, small),
+                    "stability does not depend on the group size (the observed divergences dealt to the group sizes "
+                    f"at random; it passes when the criterion would hold with probability >= {NULL_LEVEL:g})",
+                    diverge_null_share(flags) >= NULL_LEVEL,
                 ),
                 expected=False,
                 reason=DIVERGE_REASON,
