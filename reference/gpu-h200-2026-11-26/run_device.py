@@ -6,7 +6,8 @@ B. the similarity-speed link over the paper's normalizer set on the paper's 10-l
    batch 256, the paper's recipe: cosine at the last layer at initialization and mean training accuracy (issue 12);
 C. the speed-stability map on cfg_10 at batch 16: IN, GN(4), GN(16), LN over a fine peak-LR grid (4 points per
    factor of 2), two seeds, plus batch 256 at a few rates (issue 12).
-Every result is written to $OUT/device_report.json as it arrives.
+Every result is written to $OUT/device_report.json as it arrives. STAGES (comma-separated: book, similarity_speed,
+tradeoff; default all) picks what runs.
 """
 
 import json
@@ -142,20 +143,21 @@ def main():
     paper_norms = ["bn", "ln", "gn", "frn", "vn", "sws", "wn", "evo_b0", "evo_s0", "in"]
     peaks16 = [round(0.05 * 2 ** (i / 4), 4) for i in range(9)]  # 0.05 ... 0.2, 4 points per factor of 2
     seeds = (0, 1)
+    stages = os.environ.get("STAGES", "book,similarity_speed,tradeoff").split(",")
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
         futs = {}
-        for seed in (0, 1, 2):
+        for seed in (0, 1, 2) if "book" in stages else ():
             futs[ex.submit(book_seed, seed)] = ("book", seed)
-        for seed in seeds:
+        for seed in seeds if "similarity_speed" in stages else ():
             for norm in paper_norms:
                 p = dict(norm=norm, group_size=None, peak_lr=0.1, batch_size=256, steps=s256, seed=seed, probe_cosine=True)
                 futs[ex.submit(train_point, **p)] = ("similarity_speed", p)
-        for seed in seeds:
+        for seed in seeds if "tradeoff" in stages else ():
             for peak in peaks16:
                 for norm, g in (("gn", 1), ("gn", 4), ("gn", 16), ("ln", None)):
                     p = dict(norm=norm, group_size=g, peak_lr=peak, batch_size=16, steps=s16, seed=seed)
                     futs[ex.submit(train_point, **p)] = ("tradeoff", p)
-        for peak in (0.1, 0.4, 1.6):
+        for peak in (0.1, 0.4, 1.6) if "tradeoff" in stages else ():
             for norm, g in (("gn", 1), ("gn", 16), ("ln", None)):
                 p = dict(norm=norm, group_size=g, peak_lr=peak, batch_size=256, steps=s256, seed=0)
                 futs[ex.submit(train_point, **p)] = ("tradeoff", p)
