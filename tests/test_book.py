@@ -47,3 +47,30 @@ def test_scorecard_lists_every_notebook():
     text = re.sub(r"<[^>]+>", "", page("book/scorecard.html"))
     for stem in EXPERIMENTS:
         assert stem in text
+
+
+def test_math_is_served_from_the_build_not_a_cdn():
+    mathjax = HTML / "_static" / "mathjax" / "tex-chtml.js"
+    assert mathjax.exists(), "MathJax is not bundled into _build/html/_static (sphinx-mathjax-offline)"
+    for path in HTML.rglob("*.html"):
+        scripts = re.findall(r"<script[^>]+src=\"([^\"]*mathjax[^\"]*)\"", path.read_text())
+        assert all(not s.startswith(("http:", "https:", "//")) for s in scripts), (path, scripts)
+
+
+def test_math_is_typeset_in_a_headless_browser_without_network():
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no chromium on this machine (Debian: apt-get install chromium)")
+    target = (HTML / "notebooks" / "03_stable_backward.html").as_uri()
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom", target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert "mjx-container" in dom
+    text = re.sub(r"<[^>]+>", "", re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S))
+    assert "\\(" not in text and "$$" not in text
