@@ -1,7 +1,8 @@
 """The command line: ``python -m normlib list | run | claims``.
 
-``run NOTEBOOK -p NAME VALUE ... [--preset paper]`` validates the parameters against the notebook's ``parameters``
-cell and its experiment's allowed values (before any compute), executes the notebook with papermill (read through
+``run NOTEBOOK -p NAME VALUE ... [--preset paper] [--dry-run]`` validates the parameters against the notebook's
+``parameters`` cell and its experiment's allowed values (before any compute; ``--dry-run`` stops there and prints
+the resolved configuration), executes the notebook with papermill (read through
 jupytext in memory) into ``runs/NAME-<hash>/`` and writes the executed notebook, its figures and ``claims.json``
 there. ``claims`` evaluates every registered claim at the book's defaults at seeds 0, 1 and 2 (``--seeds``), prints
 a table, and exits 1 when any verdict differs from the one the book expects (an unexpected pass included);
@@ -97,6 +98,15 @@ def _save_figures(executed, folder: Path) -> list[Path]:
     return saved
 
 
+def _print_config(path: Path, preset: str, config: Any, params: dict[str, Any]) -> None:
+    """The resolved configuration of a dry run, one parameter per line; ``(set)`` marks the ones given with ``-p``."""
+    print(f"dry run of {path} with preset={preset}: the parameters are valid; nothing was computed")
+    values = {k: v for k, v in config.to_dict().items() if k != "preset"}
+    width = max(map(len, values), default=0)
+    for name, value in values.items():
+        print(f"  {name:<{width}}  {value!r}" + ("  (set)" if name in params else ""))
+
+
 def command_run(args: argparse.Namespace) -> int:
     try:  # the notebook extra; `import normlib` and the other commands work without it
         import jupytext  # noqa: F401  (read_notebook)
@@ -117,6 +127,9 @@ def command_run(args: argparse.Namespace) -> int:
     names = parameter_names(notebook)
     params = _parse_parameters(args.param or [], names)
     config = experiment.resolve(args.preset, **params)  # raises ParameterError before any compute
+    if args.dry_run:
+        _print_config(path, args.preset, config, params)
+        return 0
 
     run_dir = _run_dir(Path(args.out), stem, args.preset, params)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs", help="folder that receives NAME-<hash>/ (default: runs)")
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--dry-run", action="store_true", help="validate the parameters and print the resolved values; compute nothing"
+    )
     run.set_defaults(handler=command_run)
 
     listing = commands.add_parser("list", help="show the notebooks and their parameters")

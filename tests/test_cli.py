@@ -202,3 +202,39 @@ def test_claims_falsify_flags_a_row_that_passes_under_its_alternative(monkeypatc
 def test_claims_options_are_checked_before_any_compute(args, message, capsys):
     assert cli.main(["claims", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_dry_run_validates_prints_and_computes_nothing(tmp_path, capsys):
+    assert cli.main(["run", "02_informative_forward", "-p", "depth", "30", "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing was computed" in out and "depth" in out and "(set)" in out
+    assert not any(tmp_path.iterdir())  # no run folder
+    assert cli.main(["run", "02_informative_forward", "-p", "depht", "30", "--dry-run"]) == 2
+    assert "unknown parameter 'depht'" in capsys.readouterr().err
+
+
+def _try_it_commands(path: Path) -> list[list[str]]:
+    """Every command of a notebook's "Try it" section: each backticked ``python -m normlib run ...``, ``-p ...`` or
+    ``--preset ...`` fragment, as the arguments of ``run NOTEBOOK`` (a bare fragment applies to the page's notebook)."""
+    import re
+    import shlex
+
+    text = path.read_text()
+    section = text.split("\n## Try it\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for fragment in re.findall(r"`([^`]+)`", section):
+        fragment = fragment.strip()
+        if fragment.startswith("python -m normlib run "):
+            words = shlex.split(fragment)[4:]
+            commands.append([words[0], *words[1:]])
+        elif fragment.startswith(("-p ", "--preset ")):
+            commands.append([path.stem, *shlex.split(fragment)])
+    return commands
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("0*.md")), ids=lambda p: p.stem)
+def test_every_try_it_command_is_valid(path, capsys):
+    commands = _try_it_commands(path)
+    assert commands, f"{path.name} has no Try it commands"
+    for command in commands:
+        assert cli.main(["run", *command, "--dry-run"]) == 0, (command, capsys.readouterr().err)
