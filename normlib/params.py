@@ -3,7 +3,8 @@
 A notebook's ``parameters`` cell holds ``preset = "book"`` and one variable per parameter, each ``None`` by
 default, meaning "the preset's value". :meth:`ParamSpec.resolve` fills those in from the preset, coerces and
 validates every value *before any compute*, and raises :class:`ParameterError` with a message that names the
-parameter and lists what is allowed.
+parameter and lists what is allowed. A preset value may be a :class:`Follows`: computed from the other resolved
+values (group sizes from the width), so changing one parameter keeps the preset's meaning for the other.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ParameterError", "Param", "ParamSpec", "Config", "PRESETS", "parse_cli_value"]
+__all__ = ["ParameterError", "Param", "ParamSpec", "Config", "Follows", "PRESETS", "parse_cli_value"]
 
 #: The two scales every notebook offers: ``book`` runs on 2 CPU cores in seconds to minutes, ``paper`` is the
 #: paper's own scale, meant for a GPU or a cluster.
@@ -132,6 +133,20 @@ def parse_cli_value(text: str) -> Any:
 
 
 @dataclass(frozen=True)
+class Follows:
+    """A preset value that follows other parameters: ``rule(values)`` gives it from the resolved values of the
+    parameters it does not depend on, unless the user sets it. ``value`` is what it is at the preset's own values,
+    ``doc`` says how it follows (shown by ``normlib list``)."""
+
+    value: Any
+    rule: Callable[[Mapping[str, Any]], Any]
+    doc: str
+
+    def __repr__(self) -> str:
+        return f"{self.value!r} ({self.doc})"
+
+
+@dataclass(frozen=True)
 class ParamSpec:
     """All parameters of one notebook, its presets, and the checks that involve several parameters at once.
 
@@ -152,6 +167,13 @@ class ParamSpec:
             extra = sorted(set(self.presets[preset]) - set(names))
             if missing or extra:
                 raise ValueError(f"preset {preset!r}: missing {missing}, unknown {extra}")
+            values = self.presets[preset]
+            for name, default in values.items():
+                if isinstance(default, Follows) and default.rule(values) != default.value:
+                    raise ValueError(
+                        f"preset {preset!r}: {name} follows other parameters but its rule gives "
+                        f"{default.rule(values)!r} at the preset's own values, not {default.value!r}"
+                    )
 
     @property
     def names(self) -> list[str]:
@@ -175,9 +197,17 @@ class ParamSpec:
         for name in overrides:
             self.param(name)
         config: dict[str, Any] = {"preset": preset}
+        following = []
         for p in self.params:
             value = overrides.get(p.name)
-            config[p.name] = p.coerce(self.presets[preset][p.name] if value is None else value)
+            default = self.presets[preset][p.name]
+            if value is None and isinstance(default, Follows):
+                following.append((p, default))
+                continue
+            config[p.name] = p.coerce(default if value is None else value)
+        for p, default in following:
+            config[p.name] = p.coerce(default.rule(config))
+        config = {"preset": preset, **{p.name: config[p.name] for p in self.params}}
         for check in self.checks:
             check(config)
         return Config(config, self)

@@ -81,3 +81,27 @@ def test_derived_seeds_are_independent_of_other_seeds():
     assert len(set(pieces.values())) == len(pieces)  # no piece of one seed collides with another seed's
     assert derive_seed(0, 1) != derive_seed(1, 0) and derive_seed(3, 4) == derive_seed(3, 4)
     assert all(0 <= v < 2**31 for v in pieces.values())
+
+
+def _following_spec(width_default=8):
+    from normlib.experiments.checks import divisors_of_width, group_sizes_following_width
+
+    params = (Param("width", "int", "channels", minimum=1), Param("group_sizes", "int_list", "sizes", minimum=1))
+    preset = {"width": width_default, "group_sizes": group_sizes_following_width([1, 2, 8], 8)}
+    return ParamSpec(params=params, presets={"book": preset, "paper": preset}, checks=(divisors_of_width,))
+
+
+def test_a_following_value_adapts_to_what_it_follows_unless_set():
+    spec = _following_spec()
+    assert spec.resolve("book")["group_sizes"] == [1, 2, 8]
+    assert spec.resolve("book", width=4)["group_sizes"] == [1, 2, 4]  # 8 no longer divides: LayerNorm's is 4
+    assert spec.resolve("book", width=6)["group_sizes"] == [1, 2, 6]
+    assert spec.resolve("book", width=16)["group_sizes"] == [1, 2, 8, 16]
+    assert spec.resolve("book", width=4, group_sizes=[4])["group_sizes"] == [4]  # a value set by the user wins
+    with pytest.raises(ParameterError, match="'group_sizes': 8 does not divide the width 4"):
+        spec.resolve("book", width=4, group_sizes=[8])
+
+
+def test_a_following_value_must_agree_with_its_own_preset():
+    with pytest.raises(ValueError, match="group_sizes follows other parameters"):
+        _following_spec(width_default=4)

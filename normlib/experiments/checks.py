@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from normlib import layers
-from normlib.params import ParameterError
+from normlib.params import Follows, ParameterError
 from normlib.runtime import resolve_device
 
 
@@ -34,6 +34,19 @@ def divisors_of_width(config: dict[str, Any], name: str = "group_sizes", width_n
             f"parameter {name!r}: duplicate entries in {values!r}; allowed: distinct divisors of "
             f"the {width_name}: {allowed}"
         )
+
+
+def group_sizes_following_width(sizes: list[int], width: int, width_name: str = "width") -> Follows:
+    """The preset's group sizes ``sizes`` (given at ``width`` channels) as a :class:`~normlib.params.Follows` of the
+    width: at another width, the entries that divide it, plus the new width itself (LayerNorm's one group) when
+    ``sizes`` holds the old one. At ``width`` itself they are ``sizes``."""
+
+    def rule(values: Any) -> list[int]:
+        new = values[width_name]
+        kept = {g for g in sizes if new % g == 0}
+        return sorted(kept | ({new} if width in sizes else set()))
+
+    return Follows(list(sizes), rule, f"follows the {width_name}: the divisors among these, and the {width_name}")
 
 
 def device_available(config: dict[str, Any]) -> None:

@@ -175,7 +175,7 @@ SPEC = presets.training_spec(
         Param("paper_batch", "int", "images seen by the paper's 10-layer CNN at initialization", minimum=2),
     ),
     book={
-        "group_sizes": [1, 2, 4, 8, 16, 32, 64],
+        "group_sizes": shared_checks.group_sizes_following_width([1, 2, 4, 8, 16, 32, 64], 64),
         "width": 64,
         "depth": 10,
         "norms": ["bn", "none"],
@@ -192,7 +192,7 @@ SPEC = presets.training_spec(
         "epochs": 1,
     },
     paper={
-        "group_sizes": [1, 2, 4, 8, 16, 32, 64],
+        "group_sizes": shared_checks.group_sizes_following_width([1, 2, 4, 8, 16, 32, 64], 64),
         "width": 64,
         "depth": 10,
         "norms": ["bn", "none"],

@@ -101,7 +101,7 @@ OWN_PARAMS = (
 )
 
 BOOK = {
-    "group_sizes": [1, 4, 16, 64],
+    "group_sizes": shared_checks.group_sizes_following_width([1, 4, 16, 64], 64),
     "norms": list(EXTRAS),
     "width": 64,
     "depth": 12,
@@ -120,7 +120,7 @@ BOOK = {
     "epochs": 1,
 }
 PAPER_VALUES = {
-    "group_sizes": [1, 2, 4, 8, 16, 32, 64],
+    "group_sizes": shared_checks.group_sizes_following_width([1, 2, 4, 8, 16, 32, 64], 64),
     "norms": list(EXTRAS),
     "width": 64,
     "depth": 20,
