@@ -282,6 +282,13 @@ class Config(Mapping[str, Any]):
         """A plain ``dict`` copy (lists copied too), e.g. for JSON."""
         return {k: list(v) if isinstance(v, list) else v for k, v in self._values.items()}
 
+    def changed(self) -> dict[str, Any]:
+        """The values that differ from what the preset resolves to on its own (empty without a schema)."""
+        if self._spec is None:
+            return {}
+        preset = self._spec.resolve(self._values["preset"])
+        return {k: v for k, v in self._values.items() if k != "preset" and preset[k] != v}
+
     def replace(self, **changes: Any) -> Config:
         """This configuration with ``changes`` applied, validated again through its :class:`ParamSpec`."""
         if self._spec is None:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from normlib.params import ParameterError
 
-__all__ = ["DEVICES", "resolve_device", "derive_seed", "provenance", "Stopwatch", "torch_threads"]
+__all__ = ["DEVICES", "resolve_device", "derive_seed", "provenance", "provenance_table", "Stopwatch", "torch_threads"]
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -94,6 +95,23 @@ def provenance(config: dict[str, Any], stopwatch: Stopwatch | None = None) -> di
     if stopwatch is not None:
         record["wall_time_s"] = round(stopwatch.seconds, 1)
     return record
+
+
+def provenance_table(config: Any, stopwatch: Stopwatch | None = None) -> pd.DataFrame:
+    """:func:`provenance` as a small table for the page: commit, versions, device, wall time, the preset, and the
+    parameters set differently from it (all of them are in the run folder's ``parameters.json``)."""
+    record = provenance(config, stopwatch)
+    changed = config.changed() if hasattr(config, "changed") else {}
+    rows = [
+        ("commit", record["commit"]),
+        ("normlib / torch / python", f"{record['normlib']} / {record['torch']} / {record['python']}"),
+        ("device", record["device"]),
+        ("preset", str(config.get("preset", ""))),
+        ("parameters set", "; ".join(f"{k} = {v}" for k, v in changed.items()) or "none (the preset's values)"),
+    ]
+    if "wall_time_s" in record:
+        rows.append(("wall time", f"{record['wall_time_s']:.0f} s"))
+    return pd.DataFrame(rows, columns=["", "value"])
 
 
 @contextlib.contextmanager

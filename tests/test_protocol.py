@@ -98,3 +98,21 @@ def test_every_chapter_implements_the_protocol(stem):
     assert isinstance(config, Config) and config.spec is chapter.spec
     with pytest.raises(ParameterError, match="unknown parameter 'no_such_parameter'"):
         chapter.resolve("book", no_such_parameter=1)
+
+
+def test_the_parameter_table_shows_the_key_values_and_marks_what_changed():
+    from normlib.experiments import EXPERIMENTS, get_experiment
+    from normlib.runtime import provenance_table
+
+    for stem in EXPERIMENTS:
+        chapter = get_experiment(stem)
+        table = chapter.parameter_table(chapter.resolve("book"))
+        assert 1 <= len(table) <= 12 and not table["changed"].any(), stem
+    chapter = get_experiment("02_informative_forward")
+    config = chapter.resolve("book", width=32, bootstrap=500)
+    table = chapter.parameter_table(config).set_index("parameter")
+    assert table.loc["width", "changed"] == "yes" and table.loc["group_sizes", "value"] == "1, 2, 4, 8, 16, 32"
+    assert table.loc["bootstrap", "changed"] == "yes"  # not a key parameter, shown because it was set
+    footer = provenance_table(config).set_index("")
+    assert "width = 32" in footer.loc["parameters set", "value"]
+    assert "none" in provenance_table(chapter.resolve("book")).set_index("").loc["parameters set", "value"]

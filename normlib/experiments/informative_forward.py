@@ -602,6 +602,20 @@ class InformativeForward(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
+    key_params = (
+        "group_sizes",
+        "width",
+        "depth",
+        "norms",
+        "repeats",
+        "train_group_sizes",
+        "train_norms",
+        "paper_batch",
+        "dataset",
+        "subset",
+        "epochs",
+        "seed",
+    )
 
     def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
         """``{"init": measure_init(config), "paper_cnn": measure_paper_cnn(config), "trained": train_all(config)}``;

@@ -523,6 +523,20 @@ class LargeLearningRates(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
+    key_params = (
+        "norm",
+        "arch",
+        "depth",
+        "step_sizes",
+        "learning_rates",
+        "noise_batch_sizes",
+        "noise_draws",
+        "dataset",
+        "subset",
+        "batch_size",
+        "epochs",
+        "seed",
+    )
 
     def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
         """:func:`measure_all`: the training grid runs on ``executor``, its points cached one by one."""

@@ -794,6 +794,20 @@ class LpBatchNorm(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
+    key_params = (
+        "norms",
+        "lowp_norms",
+        "lowp_dtype",
+        "arch",
+        "width",
+        "repeats",
+        "dataset",
+        "subset",
+        "batch_size",
+        "epochs",
+        "lr",
+        "seed",
+    )
 
     def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
         """:func:`measure_all`: the training runs go to ``executor``, cached one by one."""

@@ -26,6 +26,8 @@ import abc
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import pandas as pd
+
 from normlib import claims
 from normlib import theory as default_theory
 from normlib.cache import lookup, store
@@ -46,12 +48,15 @@ class Experiment(abc.ABC):
         title: the chapter's title.
         paper: the paper whose claims it checks (``Lubana et al. 2021``).
         spec: its parameters and the ``book`` and ``paper`` presets.
+        key_params: the parameters the page shows in its table of what ran (at most about twelve; every parameter
+            when empty).
     """
 
     notebook: ClassVar[str]
     title: ClassVar[str]
     paper: ClassVar[str]
     spec: ClassVar[ParamSpec]
+    key_params: ClassVar[tuple[str, ...]] = ()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.notebook!r}: {self.title}>"
@@ -62,6 +67,24 @@ class Experiment(abc.ABC):
         """The validated configuration (:meth:`normlib.params.ParamSpec.resolve`): a ``None`` override keeps the
         preset's value; a name or value that is not allowed raises :class:`~normlib.params.ParameterError`."""
         return self.spec.resolve(preset, **overrides)
+
+    def parameter_table(self, config: Config) -> pd.DataFrame:
+        """What the page ran, for a reader: one row per parameter of :attr:`key_params`, and per other parameter
+        set differently from the preset, with its value and meaning; ``changed`` marks values that differ from the
+        preset's."""
+        changed = config.changed()
+        names = list(self.key_params or self.spec.names)
+        names += [n for n in self.spec.names if n in changed and n not in names]
+        rows = [
+            {
+                "parameter": n,
+                "value": _shown(config[n]),
+                "changed": "yes" if n in changed else "",
+                "meaning": self.spec.param(n).doc,
+            }
+            for n in names
+        ]
+        return pd.DataFrame(rows, columns=["parameter", "value", "changed", "meaning"])
 
     def _config(self, config: Mapping[str, Any]) -> Config:
         """``config`` as a :class:`Config` (a plain mapping, e.g. from a test, is taken as it is)."""
@@ -121,3 +144,10 @@ class Experiment(abc.ABC):
         config = self._config(config)
         measured = self.measure(config, executor=executor, cache=cache)
         return self.check(config, measured, self.predict(config, measured, theory=theory))
+
+
+def _shown(value: Any) -> str:
+    """A parameter's value as a reader reads it: lists without brackets, other values as they are."""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)

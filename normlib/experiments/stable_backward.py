@@ -499,6 +499,20 @@ class StableBackward(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
+    key_params = (
+        "group_sizes",
+        "norms",
+        "width",
+        "depth",
+        "batch_size",
+        "image_size",
+        "repeats",
+        "learning_rates",
+        "batch_sizes",
+        "dataset",
+        "epochs",
+        "seed",
+    )
 
     def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
         """:func:`measure_all`: the training grid runs on ``executor``, its points cached one by one."""

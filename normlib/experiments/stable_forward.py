@@ -464,6 +464,20 @@ class StableForward(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
+    key_params = (
+        "norms",
+        "variants",
+        "depth",
+        "widths",
+        "block",
+        "group_size",
+        "batch_size",
+        "image_size",
+        "repeats",
+        "alpha",
+        "seed",
+        "device",
+    )
 
     def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> pd.DataFrame:
         """:func:`measure_streams` (one process: each network is a single forward pass)."""

@@ -580,6 +580,20 @@ class UnnormalizedPathologies(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
+    key_params = (
+        "norm",
+        "depth",
+        "widths",
+        "dataset",
+        "batch_size",
+        "repeats",
+        "init",
+        "other_init",
+        "rmt_width",
+        "linear_width",
+        "seed",
+        "device",
+    )
 
     def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
         """:func:`measure_all` (one process: everything is at initialization)."""

@@ -739,6 +739,20 @@ class WeightDecay(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
+    key_params = (
+        "arch",
+        "width",
+        "repeats",
+        "correction_interval",
+        "dataset",
+        "subset",
+        "batch_size",
+        "epochs",
+        "lr",
+        "weight_decay",
+        "seed",
+        "device",
+    )
 
     def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, Any]:
         """:func:`measure_all` (one process: the runs of a repeat depend on each other through the reference
