@@ -107,6 +107,40 @@ def _print_config(path: Path, preset: str, config: Any, params: dict[str, Any]) 
         print(f"  {name:<{width}}  {value!r}" + ("  (set)" if name in params else ""))
 
 
+def _missing_data(config: Any) -> list[str]:
+    """One message per dataset the run needs (its ``dataset`` parameter) that is not on this machine."""
+    from normlib import data
+
+    if "dataset" not in config:
+        return []
+    try:
+        data.require(config["dataset"])
+    except data.DataNotFoundError as error:
+        return [str(error)]
+    return []
+
+
+def _device_of(config: Any) -> str:
+    """The device the run will use (``cpu`` for chapters without a device parameter)."""
+    from normlib.runtime import resolve_device
+
+    return str(resolve_device(config["device"]).type) if "device" in config else "cpu"
+
+
+def _confirm_cpu_paper_run(yes: bool) -> None:
+    """The paper preset is sized for a GPU: on a CPU it can take hours or days. Warn; ask when a person is at the
+    terminal; without one, go on only with ``--yes``."""
+    warning = "warning: --preset paper is sized for a GPU and this machine has none: it may take hours or days on CPU"
+    print(warning, file=sys.stderr, flush=True)
+    if yes:
+        return
+    if sys.stdin.isatty():
+        if input("run it anyway? [y/N] ").strip().lower() in ("y", "yes"):
+            return
+        raise UsageError("stopped: --preset paper without a GPU was not confirmed")
+    raise UsageError("--preset paper without a GPU: add --yes to run it anyway (or use --preset book)")
+
+
 def command_run(args: argparse.Namespace) -> int:
     try:  # the notebook extra; `import normlib` and the other commands work without it
         import jupytext  # noqa: F401  (read_notebook)
@@ -127,14 +161,25 @@ def command_run(args: argparse.Namespace) -> int:
     names = parameter_names(notebook)
     params = _parse_parameters(args.param or [], names)
     config = experiment.resolve(args.preset, **params)  # raises ParameterError before any compute
+    missing = _missing_data(config)
     if args.dry_run:
         _print_config(path, args.preset, config, params)
+        if missing:
+            print(
+                f"data missing: {config['dataset']} is not on this machine (get it: python -m normlib fetch "
+                f"{config['dataset']})"
+            )
         return 0
+    if missing:
+        raise UsageError(missing[0])
+    device = _device_of(config)
+    if args.preset == "paper" and device == "cpu":
+        _confirm_cpu_paper_run(args.yes)
 
     run_dir = _run_dir(Path(args.out), stem, args.preset, params)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "parameters.json").write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
-    print(f"running {path} with preset={args.preset} {params or ''} -> {run_dir}", flush=True)
+    print(f"running {path} with preset={args.preset} {params or ''} on {device} -> {run_dir}", flush=True)
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     try:
@@ -285,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dry-run", action="store_true", help="validate the parameters and print the resolved values; compute nothing"
     )
+    run.add_argument("--yes", action="store_true", help="run --preset paper on a machine without a GPU, unasked")
     run.set_defaults(handler=command_run)
 
     listing = commands.add_parser("list", help="show the notebooks and their parameters")

@@ -52,6 +52,7 @@ import torch
 from tqdm import tqdm
 
 __all__ = [
+    "require",
     "DATASETS",
     "IMAGE_SHAPES",
     "SPLITS",
@@ -460,6 +461,21 @@ def _find(name: str, split: str, root: str | os.PathLike | None) -> Path | None:
     """The first folder on the search path holding every file the split needs."""
     sources = [SOURCES[f] for f in _FILES[name][split]]
     return next((d for d in search_path(name, root) if all(_local_copy(d, s) for s in sources)), None)
+
+
+def require(name: str, root: str | os.PathLike | None = None) -> None:
+    """Check, without reading them, that both splits of dataset ``name`` are on the search path (nothing to check
+    for ``synthetic``), so a run can stop at once instead of failing after minutes of compute.
+
+    Raises:
+        DataNotFoundError: a split is missing; the message lists where it looked and the command that fetches it.
+    """
+    _check_choice("dataset", name, DATASETS)
+    if name == "synthetic":
+        return
+    for split in ("train", "test"):
+        if _find(name, split, root) is None:
+            raise DataNotFoundError(_not_found_message(name, split, root))
 
 
 def _fetch_command(name: str) -> str:

@@ -238,3 +238,37 @@ def test_every_try_it_command_is_valid(path, capsys):
     assert commands, f"{path.name} has no Try it commands"
     for command in commands:
         assert cli.main(["run", *command, "--dry-run"]) == 0, (command, capsys.readouterr().err)
+
+
+def test_a_run_whose_data_is_missing_stops_before_computing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NORMLIB_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("normlib.data.debian_fashion_mnist_dir", lambda: tmp_path / "nowhere")
+    out = tmp_path / "runs"
+    assert cli.main(["run", "05_large_learning_rates", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "fashion-mnist (train split) not found" in err and "python -m normlib fetch fashion-mnist" in err
+    assert not out.exists()  # nothing was started
+    assert cli.main(["run", "05_large_learning_rates", "--dry-run"]) == 0
+    assert "data missing: fashion-mnist" in capsys.readouterr().out
+
+
+def test_the_paper_preset_without_a_gpu_needs_yes_in_a_script(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False, raising=False)
+    monkeypatch.setattr(cli, "_missing_data", lambda config: [])
+    out = tmp_path / "runs"
+    assert cli.main(["run", "06_unnormalized_pathologies", "--preset", "paper", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "sized for a GPU" in captured.err and "add --yes" in captured.err
+    assert not out.exists()
+
+
+def test_the_paper_preset_asks_a_person_at_the_terminal(monkeypatch):
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    with pytest.raises(cli.UsageError, match="not confirmed"):
+        cli._confirm_cpu_paper_run(yes=False)
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    cli._confirm_cpu_paper_run(yes=False)
+    cli._confirm_cpu_paper_run(yes=True)
