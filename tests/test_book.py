@@ -40,7 +40,7 @@ def test_every_chapter_page_has_figures_and_a_verdict():
         assert "{glue:" not in text, stem
         assert re.search(r"Verdict\.\s+(All \d+ checks|\d+ of \d+ checks)", text), stem
         # no plumbing: the parameters cell is collapsed, and no raw configuration or provenance dict is printed
-        assert "tag_hide-cell" in html and "tag_parameters" in html, stem
+        assert "tag_parameters" in html and ".tag_parameters .cell_input'" in html, stem  # folded by togglebutton
         assert "'preset':" not in text and "'parameters':" not in text, stem
         assert "parameters set" in text, stem
 

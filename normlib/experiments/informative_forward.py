@@ -657,6 +657,7 @@ class InformativeForward(Experiment):
         checks = []
         if len(sizes) >= 2:
             pred_cos = [curves[k][-1] for k in keys]
+            measured_cos = [cos_last[k] for k in keys]
             checks.append(
                 claims.check_close(
                     "B.similarity_rises_with_group_size",
@@ -664,7 +665,7 @@ class InformativeForward(Experiment):
                     "the cosine between samples at the last layer rises with GroupNorm's group size (Spearman "
                     "correlation; predicted: the mean-field model's)",
                     _spearman(sizes, pred_cos),
-                    _spearman(sizes, [cos_last[k] for k in keys]),
+                    _spearman(sizes, measured_cos),
                     abs_tol=SPEARMAN_ABS_TOL,
                     kind="paper",
                     alternative=("the cosine does not depend on the group size (Spearman 0)", 0.0),
@@ -678,7 +679,7 @@ class InformativeForward(Experiment):
                     "opposite to the mean cosine (Spearman correlation of the rank with the group size against minus "
                     "that of the measured cosine), since it is set by the mean cosine, srank <= N/(1 + (N - 1) mean "
                     "cosine), nearly attained; it repeats B.similarity_rises_with_group_size and is not counted",
-                    -_spearman(sizes, [cos_last[k] for k in keys]),
+                    -_spearman(sizes, measured_cos),
                     _spearman(sizes, [rank_last[k] for k in keys]),
                     abs_tol=SPEARMAN_ABS_TOL,
                     kind="identity",
@@ -749,14 +750,17 @@ class InformativeForward(Experiment):
         if paper_cnn is not None and len(paper_cnn) >= 2:
             readings = paper_cnn["paper"].to_numpy(float)
             cosines = paper_cnn["cosine"].to_numpy(float)
+            setting = (
+                f"the paper's images are CIFAR-100 at batch 256, ours {config['dataset']} at batch "
+                f"{config['paper_batch']}"
+            )
             checks.append(
                 claims.check_close(
                     "B.paper_cosine_order",
                     PAPER,
                     "the paper's 10-layer CNN at initialization orders the normalizers by cosine as the paper's "
                     "figure does (Spearman correlation of the measured cosines at the last layer with the paper's "
-                    "readings, which are presumably of the last layer; the paper's images are CIFAR-100 at batch 256, "
-                    f"ours {config['dataset']} at batch {config['paper_batch']})",
+                    f"readings, which are presumably of the last layer; {setting})",
                     _spearman(readings, readings),
                     _spearman(readings, cosines),
                     abs_tol=SPEARMAN_ABS_TOL,
@@ -770,8 +774,7 @@ class InformativeForward(Experiment):
                     PAPER,
                     "the paper's 10-layer CNN at initialization: every normalizer's cosine at the last layer within "
                     f"{MEAN_FIELD_ABS_TOL:g} of the paper's reading, presumably of the last layer (largest |measured "
-                    "- reading|; the paper's images are CIFAR-100 at batch 256, "
-                    f"ours {config['dataset']} at batch {config['paper_batch']})",
+                    f"- reading|; {setting})",
                     MEAN_FIELD_ABS_TOL,
                     float(np.max(np.abs(cosines - readings))),
                     kind="paper",
