@@ -14,7 +14,7 @@ export NORMLIB_CACHE ?= $(CURDIR)/runs/cache
 # (markers in pyproject.toml, added by rule in tests/conftest.py), with a tighter per-test timeout than the suite's.
 FAST_TESTS := not notebook and not training and not book and not slow
 FAST_TIMEOUT ?= 30
-LINTED := normlib tests benchmarks
+LINTED := normlib tests benchmarks tools
 
 .PHONY: env data book test test-fast lint format bench claims clean constraints help
 
@@ -50,11 +50,14 @@ data: env
 	  $(BIN)/python -m normlib fetch fashion-mnist; \
 	fi
 
-# jupyter-cache cannot see changes inside normlib, so the book always re-executes every notebook
-# (execute_notebooks: force in _config.yml) and starts from an empty build folder.
+# jupyter-cache (execute_notebooks: cache) re-executes a notebook whose code changed, but cannot see what the notebooks
+# import. tools/book_inputs.py hashes that (normlib, reference/, config, installed packages, data): when it changed,
+# or no build succeeded since, the build starts from an empty _build, so a page is never stale; when nothing changed,
+# the warm build re-executes nothing.
 book: env data
-	rm -rf _build
+	$(BIN)/python tools/book_inputs.py check
 	$(BIN)/jupyter-book build . -W --keep-going
+	$(BIN)/python tools/book_inputs.py record
 
 test: env
 	$(BIN)/python -m pytest
