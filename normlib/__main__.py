@@ -189,8 +189,11 @@ def command_run(args: argparse.Namespace) -> int:
             parameters={"preset": args.preset, **params},
             cwd=str(path.parent),
             kernel_name=args.kernel,
-            progress_bar=not args.quiet,
+            # The experiment's own progress bars (tqdm on the kernel's stderr) reach this terminal; papermill's
+            # bar over cells would fight them for the line, so it stays off.
+            progress_bar=False,
             log_output=False,
+            stderr_file=None if args.quiet else sys.stderr,
         )
     finally:
         if previous is None:
@@ -326,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="book", help="book (CPU, minutes) or paper (the paper's scale)")
     run.add_argument("--out", default="runs", help="folder that receives NAME-<hash>/ (default: runs)")
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--quiet", action="store_true", help="no progress bars (the experiment's, forwarded from the kernel)"
+    )
     run.add_argument(
         "--dry-run", action="store_true", help="validate the parameters and print the resolved values; compute nothing"
     )

@@ -84,11 +84,11 @@ def test_run_executes_the_notebook_with_papermill(tmp_path):
         "notebooks/01_stable_forward.md",
         "--out",
         str(tmp_path),
-        "--quiet",
         *TINY,
         env={**__import__("os").environ, "NORMLIB_CACHE": str(tmp_path / "cache")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "ResNets at initialization" in result.stderr  # the experiment's own progress bar reached the terminal
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("01_stable_forward-")]
     assert (run_dir / "01_stable_forward.ipynb").exists()
     assert list((run_dir / "figures").glob("*.png"))
