@@ -141,6 +141,17 @@ def _confirm_cpu_paper_run(yes: bool) -> None:
     raise UsageError("--preset paper without a GPU: add --yes to run it anyway (or use --preset book)")
 
 
+def _time_estimate(experiment: Any, config: Any, device: str) -> str:
+    """A line for the terminal: the run's estimated time from what this machine measured before
+    (:func:`normlib.timings.estimate`), or that nothing was measured yet."""
+    from normlib import timings
+
+    found = timings.estimate(experiment.notebook, config, device, cached=experiment.is_cached(config))
+    if found is None:
+        return f"estimated time: unknown, no run of {experiment.notebook} on {device} is recorded on this machine yet"
+    return str(found)
+
+
 def command_run(args: argparse.Namespace) -> int:
     try:  # the notebook extra; `import normlib` and the other commands work without it
         import jupytext  # noqa: F401  (read_notebook)
@@ -180,6 +191,7 @@ def command_run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "parameters.json").write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
     print(f"running {path} with preset={args.preset} {params or ''} on {device} -> {run_dir}", flush=True)
+    print(_time_estimate(experiment, config, device), flush=True)
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     try:

@@ -89,6 +89,7 @@ def test_run_executes_the_notebook_with_papermill(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ResNets at initialization" in result.stderr  # the experiment's own progress bar reached the terminal
+    assert "estimated time: unknown, no run of 01_stable_forward on cpu" in result.stdout  # a fresh cache
     (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("01_stable_forward-")]
     assert (run_dir / "01_stable_forward.ipynb").exists()
     assert list((run_dir / "figures").glob("*.png"))

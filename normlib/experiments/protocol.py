@@ -23,12 +23,13 @@ A chapter is an :class:`Experiment`: its parameters (:attr:`Experiment.spec`, a
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import pandas as pd
 
-from normlib import claims
+from normlib import claims, timings
 from normlib import theory as default_theory
 from normlib.cache import lookup, store
 from normlib.params import Config, ParamSpec
@@ -109,9 +110,15 @@ class Experiment(abc.ABC):
         hit, result = lookup(self.compute, key)
         if hit:
             return result
+        started = time.perf_counter()
         result = self.compute(config, executor=executor, cache=True)
         store(self.compute, key, result)
+        timings.record(self.notebook, config, _device_type(config), time.perf_counter() - started)
         return result
+
+    def is_cached(self, config: Mapping[str, Any]) -> bool:
+        """Whether :meth:`measure` would return a stored result for ``config`` without computing."""
+        return lookup(self.compute, {"config": self._config(config)})[0]
 
     # -- theory and verdicts -------------------------------------------------------------------------------------
 
@@ -151,3 +158,12 @@ def _shown(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value)
     return str(value)
+
+
+def _device_type(config: Mapping[str, Any]) -> str:
+    """``cuda`` or ``cpu``: the kind of device a configuration computes on (``cpu`` without a device parameter)."""
+    if "device" not in config:
+        return "cpu"
+    from normlib.runtime import resolve_device
+
+    return resolve_device(config["device"]).type
