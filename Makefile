@@ -16,10 +16,11 @@ FAST_TESTS := not notebook and not training and not book and not slow
 FAST_TIMEOUT ?= 30
 LINTED := normlib tests benchmarks tools
 
-.PHONY: env data book test test-fast lint format bench claims clean constraints help
+.PHONY: env data book browser-test test test-fast lint format bench claims clean constraints help
 
 help:
 	@echo "make book        - create the environment and build the book into _build/html"
+	@echo "make browser-test - open every built page in headless Chromium: console errors, formulas, images, links, search"
 	@echo "make test        - create the environment and run the whole test suite (notebooks and training included)"
 	@echo "make test-fast   - the unit tests only: no notebook runs, no training, no book checks (about a minute)"
 	@echo "make lint        - ruff check and ruff format --check on normlib, tests and benchmarks"
@@ -58,6 +59,19 @@ book: env data
 	$(BIN)/python tools/book_inputs.py check
 	$(BIN)/jupyter-book build . -W --keep-going
 	$(BIN)/python tools/book_inputs.py record
+
+# After `make book`: every page of _build/html in headless Chromium (Selenium and chromedriver), one line per page,
+# screenshots in _build/screenshots (tools/browser_test.py says what it checks). Installs Debian's chromium and
+# chromium-driver when they are missing and apt works as root.
+browser-test: env
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "browser-test needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"; exit 2; \
+	  fi; \
+	fi
+	$(BIN)/python tools/browser_test.py
 
 test: env
 	$(BIN)/python -m pytest
