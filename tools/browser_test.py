@@ -278,18 +278,27 @@ def start_browser(chromium: str, chromedriver: str, timeout: float):
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     driver.set_page_load_timeout(timeout)
     driver.set_script_timeout(timeout + 10)
-    metrics = {"width": WIDTH, "height": 900, "deviceScaleFactor": 1, "mobile": False}
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    _viewport(driver, 900)
     return driver
 
 
+def _viewport(driver, height: int) -> None:
+    """Emulate a 1280 px wide viewport of ``height`` px (at scale 1)."""
+    metrics = {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+
+
 def take_screenshot(driver, path: Path, max_height: int) -> str:
-    """A PNG of the page, 1280 px wide and as tall as the page up to ``max_height``; says what it captured."""
+    """A PNG of the page, 1280 px wide and as tall as the page up to ``max_height``; says what it captured. The
+    viewport is made as tall as the shot (capturing beyond a short viewport draws the theme's sticky sidebars
+    wrongly), then set back."""
     height = driver.execute_script("return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight)")
     shot = min(height, max_height)
-    clip = {"x": 0, "y": 0, "width": WIDTH, "height": shot, "scale": 1}
-    request = {"format": "png", "clip": clip, "captureBeyondViewport": True}
-    data = driver.execute_cdp_cmd("Page.captureScreenshot", request)
+    _viewport(driver, shot)
+    try:
+        data = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+    finally:
+        _viewport(driver, 900)
     path.write_bytes(base64.b64decode(data["data"]))
     return f"{path.name}" + (f" (top {shot} of {height} px)" if shot < height else "")
 
