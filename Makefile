@@ -14,7 +14,7 @@ export NORMLIB_CACHE ?= $(CURDIR)/runs/cache
 # (markers in pyproject.toml, added by rule in tests/conftest.py), with a tighter per-test timeout than the suite's.
 FAST_TESTS := not notebook and not training and not book and not slow
 FAST_TIMEOUT ?= 30
-LINTED := normlib tests benchmarks tools
+LINTED := normlib tests benchmarks tools book/_ext
 
 .PHONY: env data book browser-test test test-fast lint format bench claims clean constraints help
 
