@@ -73,8 +73,10 @@ browser-test: env
 	fi
 	$(BIN)/python tools/browser_test.py
 
+# One pytest-xdist worker per core (each test module runs single-threaded, tests/conftest.py), a file per worker
+# at a time, so a module's fixtures run once.
 test: env
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-fast: env
 	$(BIN)/python -m pytest -m "$(FAST_TESTS)" --timeout=$(FAST_TIMEOUT)
