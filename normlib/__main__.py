@@ -7,7 +7,11 @@ jupytext in memory) into ``runs/NAME-<hash>/`` and writes the executed notebook,
 there. ``claims`` evaluates every registered claim at the book's defaults at seeds 0, 1 and 2 (``--seeds``), prints
 a table, and exits 1 when any verdict differs from the one the book expects (an unexpected pass included);
 ``--falsify`` also exits 1 when a row would pass under its alternative, and ``--json FILE`` writes every row.
-``list`` shows the notebooks and their parameters; ``fetch DATASET`` downloads a dataset.
+``list`` shows the notebooks and their parameters; ``fetch DATASET`` downloads a dataset. ``report-card NORM`` grades
+a normalizer (a registered name, or your own ``module:Class`` / ``path/to/file.py:Class``) on the three properties
+of chapter 04 against the paper's ten and prints the grades, from the same code as the chapter (no training).
+A layer given as a file path on the command line is made absolute, so that a notebook running in its own folder
+finds it.
 """
 
 from __future__ import annotations
@@ -76,8 +80,19 @@ def _parse_parameters(pairs: list[list[str]], allowed: list[str]) -> dict[str, A
             raise UsageError(f"unknown parameter {name!r}; allowed: {', '.join(n for n in allowed if n != 'preset')}")
         if name in params:
             raise UsageError(f"parameter {name!r} given twice")
-        params[name] = parse_cli_value(text)
+        params[name] = _absolute_plugins(parse_cli_value(text))
     return params
+
+
+def _absolute_plugins(value: Any) -> Any:
+    """A ``path/to/file.py:Class`` value (or list entry) with its path made absolute from the current folder."""
+    from normlib.layers.plugins import absolute_spec
+
+    if isinstance(value, str):  # "bn,my.py:Norm" is a list a parameter splits later
+        return ",".join(absolute_spec(v) for v in value.split(","))
+    if isinstance(value, list):
+        return [absolute_spec(v) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def _run_dir(root: Path, stem: str, preset: str, params: dict[str, Any]) -> Path:
@@ -312,6 +327,31 @@ def command_claims(args: argparse.Namespace) -> int:
     return status
 
 
+def command_report_card(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from normlib.experiments import compass
+
+    chapter = compass.EXPERIMENT
+    norm = _absolute_plugins(args.norm)
+    baselines = chapter.resolve(args.preset)["baseline_norms"]
+    if args.baselines:
+        baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    baselines = [b for b in baselines if b != norm]  # grading a baseline: the others are its company
+    trained = [b for b in ("bn", "evo_s0", "ln", "gn") if b in baselines][:3] or baselines[:3]
+    overrides = {"seed": args.seed, "baseline_norms": baselines, "train_baselines": trained}
+    config = chapter.resolve(args.preset, norm=norm, **overrides)  # checks the layer (a smoke test) first
+    print(f"grading {compass.title(norm)} against {', '.join(config['baseline_norms'])} at seed {config['seed']}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    card = compass.report_card_now(config)
+    with pd.option_context("display.max_rows", None, "display.width", 250, "display.max_colwidth", 90):
+        print(card.drop(columns=["norm"]).to_string(index=False))
+    print()
+    for line in compass.advice(card, norm):
+        print(f"- {line}")
+    return 0
+
+
 def command_fetch(args: argparse.Namespace) -> int:
     from normlib import data
 
@@ -370,6 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--falsify", action="store_true", help="also exit 1 if any row passes under its alternative, or has none"
     )
     check.set_defaults(handler=command_claims)
+
+    card = commands.add_parser(
+        "report-card", help="grade a normalizer on properties A, B and C against the paper's ten (chapter 04)"
+    )
+    card.add_argument("norm", help="a registered name (rms, bn, ...) or your own module:Class or path/to/file.py:Class")
+    card.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    card.add_argument("--preset", default="book", help="book (default) or paper")
+    card.add_argument("--baselines", default=None, help="comma-separated baselines (default: the paper's ten)")
+    card.set_defaults(handler=command_report_card)
 
     fetch = commands.add_parser("fetch", help="download a dataset (checksum-verified) into the data folder")
     fetch.add_argument("dataset", help="fashion-mnist, cifar10 or cifar100")

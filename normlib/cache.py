@@ -2,7 +2,9 @@
 
 ``cached_call(fn, config)`` returns ``fn(**config)``, computed once: the result is stored in
 ``<root>/<key[:2]>/<key>.entry``, where ``key`` is :func:`cache_key`. Any change to the config, to any ``.py`` file
-of normlib, or to the torch version gives a new key, so a stale result is never returned. Code *outside* normlib
+of normlib, or to the torch version gives a new key, so a stale result is never returned. A normalizer of the
+reader's own given in the config as ``module:Class`` or ``file.py:Class`` (:mod:`normlib.layers.plugins`) puts the
+sha256 of its source file in the key too: an edited layer is recomputed. Code *outside* normlib
 (a test helper, a notebook's own function) is identified by its qualified name only: pass ``refresh=True`` after
 changing it. A caller that computes with arguments outside the key (an executor) uses :func:`lookup`, then
 :func:`store`.
@@ -42,7 +44,16 @@ import torch
 
 from normlib import serialize
 
-__all__ = ["cache_root", "code_fingerprint", "cache_key", "cached_call", "lookup", "store", "entry_path"]
+__all__ = [
+    "cache_root",
+    "code_fingerprint",
+    "plugin_sources",
+    "cache_key",
+    "cached_call",
+    "lookup",
+    "store",
+    "entry_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +117,50 @@ def _canonical(value: Any, where: str) -> Any:
     )
 
 
+def _strings(value: Any) -> list[str]:
+    """Every string in a canonical config (values only), depth first."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return []
+
+
+def plugin_sources(config: Any) -> dict[str, str]:
+    """``{spec: sha256 of its source file}`` for every string of ``config`` that names a normalizer of the reader's
+    own (``module:Class``, ``file.py:Class``) and can be found; a string of that form that names no file is left
+    out (nothing can be computed with it, so nothing stale can be served)."""
+    from normlib.layers import plugins  # lazily: the cache does not need torch's layers otherwise
+
+    sources = {}
+    for text in _strings(config):
+        if plugins.is_plugin_spec(text) and text not in sources:
+            try:
+                sources[text] = plugins.source_digest(text)
+            except plugins.PluginError:
+                continue
+    return sources
+
+
 def cache_key(fn: Callable[..., Any], config: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``{fn: module.qualname, config, code: code_fingerprint(), torch: version}``.
+    """sha256 of the canonical JSON of ``{fn: module.qualname, config, code: code_fingerprint(), torch: version}``,
+    plus ``plugins`` (:func:`plugin_sources`) when the config names a normalizer of the reader's own.
 
     Canonical: sorted keys, no whitespace, tuples as lists, floats in Python's shortest exact ``repr``. A value
     that is not JSON-serializable raises a TypeError naming its key.
     """
+    canonical = _canonical(config, "config")
     record = {
         "fn": _function_name(fn),
-        "config": _canonical(config, "config"),
+        "config": canonical,
         "code": code_fingerprint(),
         "torch": torch.__version__,
     }
+    sources = plugin_sources(canonical)
+    if sources:  # only then: the keys of configs without a plugin are what they were
+        record["plugins"] = sources
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

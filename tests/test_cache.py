@@ -665,3 +665,16 @@ def test_lambdas_and_local_functions_are_refused():
     for fn in (lambda a: a, local):
         with pytest.raises(TypeError, match="module level"):
             cache.cache_key(fn, {"a": 1})
+
+
+def test_a_plugin_layers_source_enters_the_key(tmp_path):
+    """A normalizer given as ``file.py:Class`` anywhere in the config: editing its file changes the key; a config
+    without one keeps the key it had (no ``plugins`` entry)."""
+    layer = tmp_path / "layer.py"
+    layer.write_text("from torch import nn\nclass Norm(nn.Identity):\n    pass\n")
+    config = {"grid": [{"norm": f"{layer}:Norm"}], "lr": 0.1}
+    first = cache.cache_key(add, config)
+    assert cache.plugin_sources(config) == {f"{layer}:Norm": hashlib.sha256(layer.read_bytes()).hexdigest()}
+    layer.write_text("from torch import nn\nclass Norm(nn.Identity):\n    scale = 2\n")
+    assert cache.cache_key(add, config) != first
+    assert cache.plugin_sources({"norm": "bn", "device": "cuda:0"}) == {}

@@ -608,3 +608,41 @@ def test_extra_repr_shows_the_settings():
 def test_custom_norms_reject_non_4d_input(build):
     with pytest.raises(ValueError, match=r"expects a 4D \(N, C, H, W\) input"):
         build()(torch.randn(2, C, 5))
+
+
+# --- RMSNorm (chapter 04) ----------------------------------------------------------------------------------------
+
+
+def test_rmsnorm_matches_its_formula():
+    """y = x / sqrt(mean over (C, H, W) of x^2 + eps) * gain_c, written out in float64."""
+    from normlib.layers import RMSNorm2d
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 5, 4, 6, generator=gen) * 3 + 1).double()
+    layer = RMSNorm2d(5, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(1, 6, dtype=torch.float64))
+    expected = torch.empty_like(x)
+    for n in range(3):
+        rms = math.sqrt(float((x[n] ** 2).sum()) / x[n].numel() + 1e-5)
+        for c in range(5):
+            expected[n, c] = x[n, c] / rms * (c + 1)
+    torch.testing.assert_close(layer(x), expected)
+    layer.eval()
+    torch.testing.assert_close(layer(x), expected)  # no running statistics
+
+
+def test_rmsnorm_conventions_and_registry():
+    from normlib.layers import RMSNorm2d
+
+    layer = RMSNorm2d(4, dtype=torch.float64)
+    assert layer.weight.dtype == torch.float64 and "4, eps=1e-05" in repr(layer)
+    with torch.no_grad():
+        layer.weight.mul_(3)
+    layer.reset_parameters()
+    assert torch.equal(layer.weight, torch.ones(4, dtype=torch.float64))
+    assert norm_info("rms").title == "RMSNorm" and norm_info("rms").family == "activation"
+    assert isinstance(make_norm("rms", 8, device="cpu"), RMSNorm2d)
+    assert "rms" not in NORM_NAMES  # NORM_NAMES stays the paper's set
+    with pytest.raises(ValueError, match="num_channels"):
+        RMSNorm2d(0)

@@ -23,6 +23,7 @@ EXPERIMENTS: dict[str, str] = {
     "01_stable_forward": "normlib.experiments.stable_forward",
     "02_informative_forward": "normlib.experiments.informative_forward",
     "03_stable_backward": "normlib.experiments.stable_backward",
+    "04_compass": "normlib.experiments.compass",
     "05_large_learning_rates": "normlib.experiments.large_learning_rates",
     "06_unnormalized_pathologies": "normlib.experiments.unnormalized_pathologies",
     "07_weight_decay_effective_lr": "normlib.experiments.weight_decay",

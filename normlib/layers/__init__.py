@@ -78,10 +78,14 @@ from normlib.layers.registry import (
     register_norm,
 )
 from normlib.layers.registry import _identity as _identity
+from normlib.layers.registry import load_plugin as load_plugin
 from normlib.layers.reparam import RELU_GAIN as RELU_GAIN
 from normlib.layers.reparam import RELU_MEAN as RELU_MEAN
 from normlib.layers.reparam import BWNConv2d, ScaledReLU, ScaledStdConv2d, WNConv2d
+from normlib.layers.rms import RMSNorm2d as RMSNorm2d
 
+# RMSNorm2d (registered as ``rms``) and load_plugin (bring your own layer, :mod:`normlib.layers.plugins`) are
+# importable from here too, but __all__ stays the former module's list.
 # EPS, DEFAULT_GROUPS, RELU_GAIN, RELU_MEAN, _REGISTRY and _identity are re-exported ("X as X") for code written
 # against the former single module, but are not part of __all__.
 __all__ = [

@@ -27,6 +27,7 @@ from normlib.layers.batch import (
 from normlib.layers.evonorm import EvoNormB0, EvoNormS0
 from normlib.layers.group import TLU, FilterResponseNorm2d, GroupNorm2d, InstanceNorm2d, LayerNorm2d
 from normlib.layers.reparam import BWNConv2d, ScaledReLU, ScaledStdConv2d, WNConv2d
+from normlib.layers.rms import RMSNorm2d
 
 _FACTORY_KWARGS = ("device", "dtype")
 
@@ -151,9 +152,36 @@ def register_norm(
     _REGISTRY[info.name] = _Entry(info, norm_factory, conv_factory or _plain_conv, act_factory, options)
 
 
+#: The source digest each loaded plugin was registered with (see :mod:`normlib.layers.plugins`).
+_PLUGIN_DIGESTS: dict[str, str] = {}
+
+
+def load_plugin(spec: str) -> NormInfo:
+    """Register the normalizer of a plugin spec (``module:Class`` or ``path/to/file.py:Class``) under the spec
+    itself, after checking it (:func:`normlib.layers.plugins.load`); again when its source changed since. Raises
+    :class:`~normlib.layers.plugins.PluginError` (a ``ValueError``) saying what is wrong and what is expected."""
+    from normlib.layers import plugins
+
+    digest = plugins.source_digest(spec)
+    if _PLUGIN_DIGESTS.get(spec) != digest or spec not in _REGISTRY:
+        layer, digest = plugins.load(spec)
+        family = getattr(layer, "family", "activation")
+        register_norm(NormInfo(spec, layer.__name__, family, "after_conv"), layer)
+        _PLUGIN_DIGESTS[spec] = digest
+    return _REGISTRY[spec].info
+
+
 def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown normalizer name={name!r}; valid names: {', '.join(_REGISTRY)}")
+    if name not in _REGISTRY or name in _PLUGIN_DIGESTS:
+        from normlib.layers import plugins
+
+        if plugins.is_plugin_spec(name):
+            load_plugin(name)
+        else:
+            raise ValueError(
+                f"unknown normalizer name={name!r}; valid names: {', '.join(_REGISTRY)}, or your own layer as "
+                f"'module:Class' or 'path/to/file.py:Class'"
+            )
     return _REGISTRY[name]
 
 
@@ -293,3 +321,6 @@ del _extra
 
 #: The normalizers of Hoffer et al. (2018), registered after the paper's :data:`NORM_NAMES`.
 NORM_MATTERS_NAMES: tuple[str, ...] = tuple(info.name for info, *_ in _NORM_MATTERS)
+
+#: RMSNorm (chapter 04 grades it against the paper's ten): LayerNorm's re-scaling without its re-centring.
+register_norm(NormInfo("rms", "RMSNorm", "activation", "after_conv"), RMSNorm2d)
