@@ -241,6 +241,7 @@ def load_dataset(
     shape: tuple[int, ...] | None = None,
     num_classes: int | None = None,
     size: int | None = None,
+    center_images: bool = False,
 ) -> Dataset:
     """Load one split of a dataset as tensors, normalized as in the papers.
 
@@ -256,6 +257,9 @@ def load_dataset(
             number of classes (default 10) and of examples (default 1024 for train, 256 for test). Images are
             i.i.d. standard normal (``mean``/``std`` are recorded as 0 and 1: no normalization is applied), labels
             uniform; both depend only on ``(seed, split)``.
+        center_images: after normalizing, subtract from each image its own per-channel mean over the positions,
+            :math:`x_{c,h,w} - \\frac{1}{HW}\\sum_{h',w'} x_{c,h',w'}`: what an InstanceNorm right after the input
+            would remove (the test of chapter 02's question whether that mean is what InstanceNorm loses).
 
     Raises:
         ValueError: an unknown ``name`` or ``split``, a bad ``subset``, or synthetic options for a real dataset.
@@ -265,8 +269,10 @@ def load_dataset(
     _check_choice("name", name, DATASETS)
     _check_choice("split", split, SPLITS)
     _check_seed(seed)
+    if not isinstance(center_images, bool):
+        raise ValueError(f"parameter 'center_images': invalid value {center_images!r}; allowed: True or False")
     if name == "synthetic":
-        return _synthetic(split, subset, seed, shape, num_classes, size)
+        return _centered(_synthetic(split, subset, seed, shape, num_classes, size), center_images)
     if (shape, num_classes, size) != (None, None, None):
         raise ValueError(
             f"parameters 'shape', 'num_classes', 'size' apply to the synthetic dataset only, not to {name!r}"
@@ -290,7 +296,7 @@ def load_dataset(
         f"the {split} split of {name}",
     )
     channels = images.shape[1]
-    return Dataset(
+    loaded = Dataset(
         images=_normalize(images),
         labels=labels,
         name=name,
@@ -301,6 +307,15 @@ def load_dataset(
         source=folder,
         indices=indices,
     )
+    return _centered(loaded, center_images)
+
+
+def _centered(dataset: Dataset, center: bool) -> Dataset:
+    """``dataset`` with each image's per-channel spatial mean removed when ``center`` is set."""
+    if not center:
+        return dataset
+    images = dataset.images - dataset.images.mean(dim=(2, 3), keepdim=True)
+    return dataclasses.replace(dataset, images=images)
 
 
 def _check_choice(param: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -430,3 +430,13 @@ def test_real_fashion_mnist_from_debian(tmp_path, monkeypatch):
     assert torch.equal(torch.bincount(train.labels), torch.full((10,), 6000))
     test = data.load_dataset("fashion-mnist", "test", subset=100)
     assert test.images.shape == (100, 1, 28, 28) and test.images.min() == -1 and test.images.max() == 1
+
+
+def test_center_images_removes_each_images_own_channel_means():
+    plain = data.load_dataset("synthetic", shape=(3, 8, 8), size=16)
+    centered = data.load_dataset("synthetic", shape=(3, 8, 8), size=16, center_images=True)
+    by_hand = plain.images - plain.images.mean(dim=(2, 3), keepdim=True)
+    assert torch.equal(centered.images, by_hand)
+    assert torch.equal(centered.labels, plain.labels)
+    with pytest.raises(ValueError, match="parameter 'center_images'.*True or False"):
+        data.load_dataset("synthetic", center_images="yes")

@@ -89,6 +89,7 @@ def test_book_preset():
         ({"pool": 20}, r"parameter 'pool'"),
         ({"batch_size": 1}, r"parameter 'batch_size'"),
         ({"bootstrap": 5}, r"parameter 'bootstrap'"),
+        ({"centered_runs": ["gn3"]}, r"parameter 'centered_runs': 'gn3' is not a trained run; allowed: gn1, gn2"),
         ({"seed": -1}, r"parameter 'seed'"),
     ],
 )
@@ -355,6 +356,52 @@ def test_speed_row_fails_once_the_correlation_is_removed():
     assert row.passed and row.alternative_passed is False
     (flat,) = chapter.check(empty, {"init": fake, "trained": inf.decorrelated(trained)}, nothing)
     assert flat.passed is False and flat.measured == pytest.approx(0.0, abs=1e-9)
+
+
+def _mean_removal_row(lead_lost: float):
+    """``B.in_mean_removal`` on made-up runs: BN and LN lead InstanceNorm by 0.4 and 0.2 in mean training accuracy,
+    and centring the images costs each ``lead_lost`` of its lead."""
+    config = chapter.resolve("book", **SMALL)
+    trained = pd.DataFrame(
+        {
+            "key": ["gn1", "ln", "bn"],
+            "norm": ["gn", "ln", "bn"],
+            "group_size": [1, 0, 0],
+            "init_cosine": [0.2, 0.8, 0.3],
+            "mean_train_acc": [0.2, 0.4, 0.6],
+            "diverged": False,
+        }
+    )
+    centered = pd.DataFrame(
+        {
+            "key": ["gn1", "ln", "bn"],
+            "mean_train_acc": [0.2, 0.4 - 0.2 * lead_lost, 0.6 - 0.4 * lead_lost],
+            "test_acc": 0.5,
+            "diverged": False,
+        }
+    )
+    fake = pd.DataFrame(
+        {"setting": [], "norm": [], "group_size": [], "repeat": [], "layer": [], "metric": [], "value": []}
+    )
+    empty = dict(config, group_sizes=[], norms=[])
+    nothing = {"curves": {}, "alternatives": {}, "ranks": {}}
+    rows = chapter.check(empty, {"init": fake, "trained": trained, "centered": centered}, nothing)
+    return next(r for r in rows if r.id == "B.in_mean_removal")
+
+
+def test_mean_removal_row_passes_when_centring_costs_the_lead_and_fails_under_its_alternative():
+    row = _mean_removal_row(0.9)
+    assert row.passed and row.measured == pytest.approx(0.9) and row.kind == "derived"
+    assert row.alternative_passed is False
+    assert _mean_removal_row(0.0).passed is False
+    assert _mean_removal_row(0.3).passed is False
+
+
+def test_mean_removal_shares_skip_runs_without_a_lead():
+    trained = pd.DataFrame({"key": ["gn1", "bn"], "mean_train_acc": [0.5, 0.4], "diverged": False})
+    centered = pd.DataFrame({"key": ["bn"], "mean_train_acc": [0.3], "test_acc": [0.5], "diverged": [False]})
+    shares = inf.mean_removal_shares(trained, centered)
+    assert shares.lead.iloc[0] == pytest.approx(-0.1) and np.isnan(shares.share.iloc[0])
 
 
 def test_correlation_interval_is_deterministic():
