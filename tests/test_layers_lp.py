@@ -260,3 +260,57 @@ def test_bfloat16_autocast_forward():
         y = block(torch.randn(4, 3, 6, 6))
     assert torch.isfinite(y).all()
     assert torch.isfinite(block.norm.running_dev).all() and block.norm.running_dev.dtype == torch.float32
+
+
+# ------------------------------------------------- float16 statistics (normlib.layers.half_stats)
+
+
+def _half_stats_input(sigma, n_per_channel, channels=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return sigma * torch.randn(n_per_channel // 16, channels, 4, 4, generator=gen)
+
+
+def test_half_stats_in_float32_is_batchnorm_and_l1_batchnorm():
+    from normlib.layers.half_stats import HalfStatsBatchNorm2d
+
+    x = _half_stats_input(2.0, 256)
+    bn = nn.BatchNorm2d(3).train()
+    torch.testing.assert_close(HalfStatsBatchNorm2d(3, "l2", "fp32").train()(x), bn(x), rtol=1e-4, atol=1e-4)
+    l1 = L1BatchNorm2d(3).train()
+    torch.testing.assert_close(HalfStatsBatchNorm2d(3, "l1", "fp32").train()(x), l1(x), rtol=1e-5, atol=1e-5)
+
+
+def test_half_stats_l2_overflows_where_n_sigma2_passes_65504_and_l1_survives():
+    from normlib.layers.half_stats import HalfStatsBatchNorm2d
+    from normlib.theory import lp
+
+    sigma = 4.0  # n* = 1 + 65504 / 16 = 4095 for L2, about 20525 for L1
+    for n, l2_finite in ((2048, True), (8192, False)):
+        x = _half_stats_input(sigma, n)
+        layer = HalfStatsBatchNorm2d(3, "l2", "fp16").train()
+        layer.record = True
+        y = layer(x)
+        assert layer.log[0]["finite"] is l2_finite and layer.log[0]["n"] == n
+        assert (layer.log[0]["sumsq"] >= lp.FP16_MAX) is not l2_finite
+        if not l2_finite:
+            assert (y == layer.bias.view(1, -1, 1, 1)).any()  # an overflowed channel is zeroed, then shifted
+            assert not torch.isfinite(layer.running_dev).all()  # and its float16 running variance is inf
+        l1 = HalfStatsBatchNorm2d(3, "l1", "fp16").train()
+        reference = HalfStatsBatchNorm2d(3, "l1", "fp32").train()
+        torch.testing.assert_close(l1(x), reference(x), rtol=0.02, atol=0.02)
+
+
+def test_half_stats_gradients_flow_and_eval_uses_float16_buffers():
+    from normlib.layers.half_stats import HalfStatsBatchNorm2d
+
+    x = _half_stats_input(1.0, 512).requires_grad_()
+    layer = HalfStatsBatchNorm2d(3, "l1", "fp16").train()
+    layer(x).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert layer.running_mean.dtype == torch.float16 and layer.running_dev.dtype == torch.float16
+    layer.eval()
+    assert torch.isfinite(layer(x)).all()
+    with pytest.raises(ValueError, match="kind"):
+        HalfStatsBatchNorm2d(3, "l3")
+    with pytest.raises(ValueError, match="stats"):
+        HalfStatsBatchNorm2d(3, "l2", "fp8")
