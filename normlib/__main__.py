@@ -269,6 +269,31 @@ def _print_rows(rows, columns: list[str]) -> None:
         print(rows[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
+def _evaluate_with(stems: list[str], seeds: list[int], preset: str, pairs: list[list[str]]) -> Any:
+    """Every claim of ``stems`` at ``seeds`` with parameters set by ``-p`` (a layer of your own, say), in this
+    process: the rows :func:`normlib.scorecard.evaluate` gives, with every parameter checked before any compute."""
+    from dataclasses import asdict
+
+    import pandas as pd
+
+    from normlib import scorecard
+    from normlib.experiments import get_experiment
+
+    configs = []
+    for stem in stems:
+        chapter = get_experiment(stem)
+        params = _parse_parameters(pairs, list(chapter.spec.names))
+        if "seed" in params:
+            raise UsageError("set the seeds with --seeds, not -p seed")
+        configs += [(stem, chapter, chapter.resolve(preset, **params, seed=seed)) for seed in seeds]
+    records = [
+        {"notebook": stem, "seed": int(config["seed"]), **asdict(check)}
+        for stem, chapter, config in configs
+        for check in chapter.evaluate(config)
+    ]
+    return pd.DataFrame(records, columns=scorecard.COLUMNS)
+
+
 def command_claims(args: argparse.Namespace) -> int:
     import json
 
@@ -289,7 +314,10 @@ def command_claims(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"--jobs: invalid value {args.jobs!r}; allowed: a positive number of processes")
     print(f"evaluating {', '.join(stems)} at preset={args.preset}, seeds {args.seeds}", file=sys.stderr, flush=True)
-    rows = scorecard.evaluate(stems, seeds, args.preset, jobs=args.jobs)
+    if args.param:
+        rows = _evaluate_with(stems, seeds, args.preset, args.param)
+    else:
+        rows = scorecard.evaluate(stems, seeds, args.preset, jobs=args.jobs)
     folded = scorecard.robustness(rows)
     folded["seeds reproduced"] = folded["seeds_reproduced"].astype(str) + "/" + folded["seeds"].astype(str)
     _print_rows(folded, ["id", "kind", "predicted", "measured", "tolerance", "seeds reproduced", "verdict"])
@@ -408,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--falsify", action="store_true", help="also exit 1 if any row passes under its alternative, or has none"
+    )
+    check.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="set a parameter of the chapters evaluated (repeatable; e.g. -p norm my.py:MyNorm with --only "
+        "04_compass); evaluated in this process",
     )
     check.set_defaults(handler=command_claims)
 

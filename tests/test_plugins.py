@@ -140,3 +140,21 @@ def test_report_card_command_prints_grades(capsys, tmp_path, monkeypatch):
     assert "MaxNorm2d" in out and "no prediction" in out and "BatchNorm" in out
     assert cli.main(["report-card", "examples/nothing.py:X"]) == 2
     assert "parameter 'norm'" in capsys.readouterr().err
+
+
+TINY = ["-p", "baseline_norms", "bn,ln", "-p", "train_baselines", "bn", "-p", "resnet_depth", "8", "-p", "depth", "5",
+        "-p", "width", "8", "-p", "repeats", "1", "-p", "init_batch", "8", "-p", "subset", "64", "-p", "test_subset",
+        "20", "-p", "batch_size", "32"]  # fmt: skip
+
+
+def test_claims_with_a_file_plugin(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(cli.Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path / "cache"))
+    status = cli.main(
+        ["claims", "--only", "04_compass", "--seeds", "0", "-p", "norm", "examples/maxnorm.py:MaxNorm2d", *TINY]
+    )
+    out = capsys.readouterr().out
+    assert status in (0, 1) and "C04.grades.bn" in out and "C04.A.rms" not in out  # no prediction, no row
+    assert cli.main(["claims", "--only", "04_compass", "-p", "norm", "examples/none.py:X"]) == 2
+    assert "parameter 'norm'" in capsys.readouterr().err
+    assert cli.main(["claims", "--only", "04_compass", "-p", "seed", "3"]) == 2

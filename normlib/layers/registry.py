@@ -179,8 +179,8 @@ def _entry(name: str) -> _Entry:
             load_plugin(name)
         else:
             raise ValueError(
-                f"unknown normalizer name={name!r}; valid names: {', '.join(_REGISTRY)}, or your own layer as "
-                f"'module:Class' or 'path/to/file.py:Class'"
+                f"unknown normalizer name={name!r} (your own layer: 'module:Class' or 'path/to/file.py:Class'); "
+                f"valid names: {', '.join(_REGISTRY)}"
             )
     return _REGISTRY[name]
 
