@@ -158,3 +158,24 @@ def test_claims_with_a_file_plugin(tmp_path, monkeypatch, capsys):
     assert cli.main(["claims", "--only", "04_compass", "-p", "norm", "examples/none.py:X"]) == 2
     assert "parameter 'norm'" in capsys.readouterr().err
     assert cli.main(["claims", "--only", "04_compass", "-p", "seed", "3"]) == 2
+
+
+@pytest.mark.slow
+def test_dask_workers_load_the_plugin_and_key_it_by_its_source(tmp_path):
+    import logging
+
+    distributed = pytest.importorskip("distributed")
+    path = write(tmp_path, GOOD)
+    spec = f"{path}:Scaled"
+    grid = [{"spec": spec, "channels": 4}]
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        frame = sweep(_build_and_shape, grid, executor=client.get_executor(), cache_root=tmp_path / "c", progress=False)
+        assert frame["result"][0] == [2, 4, 4, 4]
+        path.write_text(GOOD + "\n# edited\n")  # the edited layer is a new key: computed again, not served stale
+        sweep(_build_and_shape, grid, executor=client.get_executor(), cache_root=tmp_path / "c", progress=False)
+    assert len(list((tmp_path / "c").rglob("*.entry"))) == 2
