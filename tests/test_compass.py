@@ -69,6 +69,7 @@ def bn_ln_card():
     return compass.report_card(config, init, chapter.predict(config))
 
 
+@pytest.mark.training
 def test_report_card_grades_bn_and_ln_as_chapters_01_to_03_found(bn_ln_card):
     card = bn_ln_card.set_index("norm")
     assert tuple(card.loc["bn", ["A", "B", "C"]]) == ("linear", "informative", "explodes")

@@ -108,12 +108,14 @@ def _build_and_shape(spec: str, channels: int) -> list[int]:
     return list(layers.conv_norm_act(spec, 3, channels)(torch.randn(2, 3, 4, 4)).shape)
 
 
+@pytest.mark.slow
 def test_worker_processes_load_the_plugin_themselves(tmp_path):
     spec = f"{write(tmp_path, GOOD)}:Scaled"
     frame = sweep(_build_and_shape, [{"spec": spec, "channels": 4}], cache=False, progress=False)
     assert frame["result"][0] == [2, 4, 4, 4]
 
 
+@pytest.mark.notebook
 def test_normlib_run_with_a_file_plugin(tmp_path, monkeypatch, capsys):
     """A layer of the reader's own, given as a relative file path, through the whole chapter-04 notebook."""
     pytest.importorskip("papermill")
@@ -132,6 +134,7 @@ def test_normlib_run_with_a_file_plugin(tmp_path, monkeypatch, capsys):
     assert list(out.glob("04_compass-*/04_compass.ipynb"))
 
 
+@pytest.mark.training
 def test_report_card_command_prints_grades(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(cli.Path(__file__).resolve().parents[1])
@@ -147,6 +150,7 @@ TINY = ["-p", "baseline_norms", "bn,ln", "-p", "train_baselines", "bn", "-p", "r
         "20", "-p", "batch_size", "32"]  # fmt: skip
 
 
+@pytest.mark.training
 def test_claims_with_a_file_plugin(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(cli.Path(__file__).resolve().parents[1])
     monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path / "cache"))
