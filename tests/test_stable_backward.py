@@ -28,7 +28,11 @@ TINY = dict(
     repeats=3,
     learning_rates=[0.01, 50.0],
     batch_sizes=[16],
-    train_depth=2,
+    stability_depth=2,
+    downsamples=1,
+    step_sizes=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+    step_draws=2,
+    train_seeds=1,
     **SYNTH,
 )
 
@@ -36,18 +40,36 @@ TINY = dict(
 def test_paper_preset_is_the_papers_setup():
     config = chapter.resolve("paper")
     assert config["dataset"] == "cifar100" and config["width"] == 64 and config["batch_sizes"] == [256, 16]
-    assert config["group_sizes"] == [1, 2, 4, 8, 16, 32, 64] and config["train_stem_stride"] == 1
+    assert config["group_sizes"] == [1, 2, 4, 8, 16, 32, 64] and config["stability_depth"] == 10
     assert config["epochs"] == 60 and config["paper_small_batch"] and config["device"] == "auto"
     grid = sb.training_grid(config)
     big = next(p for p in grid if p["batch_size"] == 256)["train"]
     small = next(p for p in grid if p["batch_size"] == 16)["train"]
     assert big["epochs"] == 60 and small["epochs"] == 10 and small["schedule_epochs"] == 60
     assert presets.train_config(config, batch_size=16).peak_lr == pytest.approx(1.6)
-    assert sb.train_cfg(config) == [64] * 10
+    # cfg_10's strides at constant width: 32x32 CIFAR maps end at 2x2
+    assert sb.train_cfg(config) == [[64, 2], [64, 2], 64, [64, 2], 64, [64, 2], 64, 64, 64, 64]
+    # the whole G x batch {16, 256} x rate grid, two training seeds each
+    assert len(grid) == 7 * 2 * len(config["learning_rates"]) * 2
+    assert len(config["learning_rates"]) >= 5 and config["train_seeds"] >= 2
+
+
+def test_book_network_ends_on_2x2_maps():
+    config = chapter.resolve("book")
+    assert sb.train_cfg(config) == [[64, 2], [64, 2], 64, [64, 2], 64, [64, 2], 64, 64]
+    size = 28
+    for entry in sb.train_cfg(config):
+        if isinstance(entry, list):
+            size = (size + 1) // 2
+    assert size == 2
+    steps = np.log2(config["step_sizes"])
+    assert np.allclose(np.diff(steps), 0.25)  # at least 4 points per factor of 2
 
 
 def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
-    config = chapter.resolve("paper", device="cpu", group_sizes=[1], learning_rates=[0.1], batch_sizes=[16])
+    config = chapter.resolve(
+        "paper", device="cpu", group_sizes=[1], learning_rates=[0.1], batch_sizes=[16], train_seeds=1
+    )
     (point,) = sb.training_grid(config)
     point["dataset"] = {"name": "synthetic", "shape": [3, 32, 32], "num_classes": 100, "subset": 64, "test_subset": 16}
     point["train"] = {**point["train"], "max_steps": 2}
@@ -65,7 +87,9 @@ def test_paper_training_runs_a_few_steps_on_cifar_shaped_data():
         ({"norms": ["bn", "ln"]}, r"parameter 'norms'.*bn, none"),
         ({"in_sizes": [1]}, r"parameter 'in_sizes'"),
         ({"dataset": "imagenet"}, r"parameter 'dataset'.*fashion-mnist"),
-        ({"train_stem_stride": 3}, r"parameter 'train_stem_stride'"),
+        ({"downsamples": 9}, r"parameter 'downsamples'.*at most stability_depth"),
+        ({"step_sizes": [1.0, 0.5]}, r"parameter 'step_sizes'.*ascending"),
+        ({"step_draws": 1}, r"parameter 'step_draws'"),
         ({"seed": -1}, r"parameter 'seed'"),
     ],
 )
@@ -85,9 +109,12 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     init, train = measured["init"], measured["train"]
     assert set(init.run) == {"gn1", "gn16", "bn", "none", "in@2", "in@8"}
     assert set(init.layer) == set(range(1, config["depth"] + 1))
-    assert len(train) == 2 * 2
+    assert len(train) == 2 * 2 and {"failed", "spikes", "peak_lr", "train_seed"} <= set(train.columns)
+    one_step = measured["one_step"]
+    assert len(one_step) == 2 * 2 and (one_step.grad_sq > 0).all()
     again = chapter.measure(config, cache=False, executor="serial")
     pd.testing.assert_frame_equal(init, again["init"])
+    pd.testing.assert_frame_equal(one_step, again["one_step"])
     pd.testing.assert_frame_equal(train.drop(columns="loss"), again["train"].drop(columns="loss"))
 
 
@@ -95,7 +122,8 @@ def test_every_row_has_a_kind_and_an_alternative(tiny):
     config, measured = tiny
     checks = chapter.check(config, measured, chapter.predict(config, measured))
     ids = {c.id for c in checks}
-    assert {"C.bn", "C.order", "C.mean_field.gn1", "C.mean_field.gn16", "C.in_size_grows", "C.diverge"} <= ids
+    assert {"C.bn", "C.order", "C.mean_field.gn1", "C.mean_field.gn16", "C.in_size_grows"} <= ids
+    assert {"C.step_order", "C.critical_lr", "C.speed"} <= ids and "C.diverge" not in ids
     assert "C.in_size.2" in ids and "C.in_size.8" not in ids  # 8x8: the law cannot be told from pi/(pi-1)
     for check in checks:
         assert check.kind in ("paper", "derived", "known", "identity"), check.id
@@ -107,7 +135,8 @@ def test_every_row_has_a_kind_and_an_alternative(tiny):
             assert (check.kind == "identity") is identity, check.id
     assert kinds["C.bn"] == "known" and kinds["C.order"] == "paper" and kinds["C.mean_field.gn1"] == "derived"
     expected = {c.id: c.expected for c in checks}
-    assert not expected["C.diverge"] and not expected["C.in_size.2"]
+    assert not expected["C.in_size.2"]
+    assert not expected["C.step_order"] and not expected["C.critical_lr"] and not expected["C.speed"]
     assert expected["C.mean_field.gn1"] and expected["C.mean_field.gn16"]  # both ends of the range (width 16)
 
 
@@ -117,9 +146,9 @@ def test_claims_hold_with_the_right_theory(tiny):
     assert verdicts["C.order"].passed and verdicts["C.order"].measured >= sb.Z_MIN
     # two groups of three repeats: one 2-SE gap is within the noise null's reach, so the row could not exclude it
     assert verdicts["C.order"].alternative_passed is (verdicts["C.order"].alternative_value >= sb.Z_MIN)
-    # A learning rate of 50 blows up every group: the smallest diverges, but so does the largest.
-    assert measured["train"][measured["train"].lr == 50.0]["diverged"].all()
-    assert not verdicts["C.diverge"].passed
+    # A learning rate of 50 fails every group: the smallest, but the largest too.
+    assert measured["train"][measured["train"].lr == 50.0]["failed"].all()
+    assert not verdicts["C.critical_lr"].passed
     assert sb.measured_factor(measured, "gn1") > sb.measured_factor(measured, "gn16")
 
 
@@ -157,11 +186,34 @@ def init_from_factors(config, factors, jitter=JITTER):
     return pd.DataFrame(rows)
 
 
-def train_frame(config, small_diverged, large_diverged):
+def train_frame(config, critical=None, losses=None):
+    """A training grid in _train_frame's format: group i's run with training seed k fails from the rate
+    ``critical[i][k]`` on (a number: every seed; inf: never) and ends at ``losses[i]`` where it learns. By default the
+    paper's tradeoff: small groups fail first (on the half-step lattice of two seeds) and train fastest."""
+    sizes, lrs = sorted(config["group_sizes"]), sorted(config["learning_rates"])
+    if critical is None:
+        lattice = [(lrs[1], lrs[1]), (lrs[1], lrs[2]), (lrs[2], lrs[2]), (np.inf, np.inf)]
+        critical = lattice[: len(sizes) - 1] + [(np.inf, np.inf)]
+    losses = losses if losses is not None else [0.5 + 0.2 * i for i in range(len(sizes))]
+    rows = []
+    for i, g in enumerate(sizes):
+        for lr in lrs:
+            for seed in range(config["train_seeds"]):
+                c = critical[i] if np.ndim(critical[i]) == 0 else critical[i][seed]
+                failed = bool(lr >= c)
+                rows.append({"group_size": g, "lr": lr, "batch_size": min(config["batch_sizes"]), "train_seed": seed,
+                             "diverged": False, "final_loss": 2.3 if failed else losses[i] + 0.01 * seed,
+                             "failed": failed})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def one_step_frame(config, log_alpha=None, spread=(-0.05, 0.0, 0.05, -0.02, 0.02, 0.0)):
+    """A one-step measurement: group i's log alpha* is ``log_alpha[i]`` plus ``spread`` over the draws. By default
+    alpha* rises with the group size by 0.3 in log per step (the paper's direction)."""
     sizes = sorted(config["group_sizes"])
-    top = max(config["learning_rates"])
-    rows = [{"group_size": sizes[0], "lr": top, "diverged": small_diverged},
-            {"group_size": sizes[-1], "lr": top, "diverged": large_diverged}]  # fmt: skip
+    log_alpha = log_alpha if log_alpha is not None else [0.3 * i for i in range(len(sizes))]
+    rows = [{"group_size": g, "draw": d, "alpha_star": float(np.exp(a + e)), "grad_sq": float(np.exp(-a - e)),
+             "initial_loss": 2.3} for g, a in zip(sizes, log_alpha) for d, e in enumerate(spread)]  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -174,13 +226,17 @@ def book():
     return config, predicted, model
 
 
-def rows(config, predicted, factors, small=True, large=False, jitter=JITTER):
-    measured = {"init": init_from_factors(config, factors, jitter), "train": train_frame(config, small, large)}
+def rows(config, predicted, factors, jitter=JITTER, train=None, one_step=None):
+    measured = {
+        "init": init_from_factors(config, factors, jitter),
+        "one_step": one_step if one_step is not None else one_step_frame(config),
+        "train": train if train is not None else train_frame(config),
+    }
     return {c.id: c for c in chapter.check(config, measured, predicted)}
 
 
-def verdicts(config, predicted, factors, small=True, large=False, jitter=JITTER):
-    return {k: c.passed for k, c in rows(config, predicted, factors, small, large, jitter).items()}
+def verdicts(config, predicted, factors, jitter=JITTER, train=None, one_step=None):
+    return {k: c.passed for k, c in rows(config, predicted, factors, jitter, train, one_step).items()}
 
 
 def test_the_fit_recovers_the_factors_of_a_synthetic_measurement(book):
@@ -193,10 +249,9 @@ def test_a_measurement_that_follows_the_laws_passes_every_row(book):
     config, predicted, model = book
     checks = rows(config, predicted, model)
     assert all(c.passed for c in checks.values()), checks  # the expected misses included: they flip on the model
-    # ... and no evidence row passes under its alternative (C.diverge's single divergence is a coin toss under its
-    # null; LayerNorm's row is an identity that cannot exclude r = 1)
+    # ... and no evidence row passes under its alternative (LayerNorm's row is an identity that cannot exclude r = 1)
     passing = [k for k, c in checks.items() if c.alternative_passed]
-    assert passing == [f"C.mean_field.gn{config['width']}", "C.diverge"], passing
+    assert passing == [f"C.mean_field.gn{config['width']}"], passing
 
 
 def test_bn_row_flips_without_growth(book):
@@ -282,20 +337,65 @@ def test_in_size_grows_compares_the_smallest_and_the_largest_maps(book):
     assert 0 < row.measured < sb.Z_SIZE and row.passed is False and row.alternative_passed is False
 
 
-def test_diverge_row_flips_when_stability_does_not_depend_on_the_group(book):
+def test_step_order_row_flips_when_alpha_does_not_rise(book):
     config, predicted, model = book
-    assert verdicts(config, predicted, model, small=True, large=False)["C.diverge"] is True
-    assert verdicts(config, predicted, model, small=True, large=True)["C.diverge"] is False
-    assert verdicts(config, predicted, model, small=False, large=False)["C.diverge"] is False
+    m = len(config["group_sizes"])
+    assert rows(config, predicted, model)["C.step_order"].passed is True
+    falling = rows(config, predicted, model, one_step=one_step_frame(config, [-0.3 * i for i in range(m)]))
+    assert falling["C.step_order"].passed is False
+    flat = rows(config, predicted, model, one_step=one_step_frame(config, [0.0] * m))["C.step_order"]
+    assert flat.passed is False and flat.alternative_passed is False
 
 
-def test_diverge_alternative_is_a_permutation_null():
-    """One divergence among m groups lands on the smallest, and not on the largest, with probability 1/m: a single
-    run per group cannot exclude the null unless at least 20 groups are compared."""
-    assert sb.diverge_null_share([True, False, False, False]) == pytest.approx(0.25)
-    assert sb.diverge_null_share([False] * 4) == 0.0 and sb.diverge_null_share([True] * 4) == 0.0
-    assert sb.diverge_null_share([True, True, False, False]) == pytest.approx(4 / 12)
-    assert np.isnan(sb.diverge_null_share([True]))
+def test_critical_lr_row_flips_when_stability_does_not_depend_on_the_group(book):
+    config, predicted, model = book
+    lrs = sorted(config["learning_rates"])
+    m = len(config["group_sizes"])
+    row = rows(config, predicted, model)["C.critical_lr"]
+    assert row.passed is True and row.alternative_passed is False  # 1/4! under the null
+    same = train_frame(config, critical=[lrs[2]] * m)
+    assert verdicts(config, predicted, model, train=same)["C.critical_lr"] is False
+    reversed_ = train_frame(config, critical=[np.inf] + [lrs[1]] * (m - 1))
+    assert verdicts(config, predicted, model, train=reversed_)["C.critical_lr"] is False
+    # the smallest group learning at no rate is slowness, not a measured critical rate
+    never = train_frame(config, critical=[lrs[0], lrs[1], lrs[2], np.inf][:m])
+    assert verdicts(config, predicted, model, train=never)["C.critical_lr"] is False
+
+
+def test_speed_row_flips_when_speed_does_not_depend_on_the_group(book):
+    config, predicted, model = book
+    m = len(config["group_sizes"])
+    row = rows(config, predicted, model)["C.speed"]
+    assert row.passed is True and row.alternative_passed is False  # 1/m! = 1/24 < 5 %
+    slow_small = train_frame(config, losses=[2.0] + [0.5 + 0.2 * i for i in range(1, m)])
+    assert verdicts(config, predicted, model, train=slow_small)["C.speed"] is False
+
+
+def test_one_step_helpers():
+    steps = [0.5, 1.0, 2.0, 4.0]
+    assert sb.critical_step_size(steps, np.array([0.9, 0.95, 1.1, 3.0])) == pytest.approx(
+        np.exp(np.log(1.0) + np.log(1 / 0.95) / np.log(1.1 / 0.95) * np.log(2.0))
+    )
+    assert sb.critical_step_size(steps, np.array([1.5, 2.0, 3.0, 4.0])) == 0.5  # censored at the grid's start
+    assert np.isnan(sb.critical_step_size(steps, np.array([0.9, 0.8, 0.7, 0.9])))  # beyond the grid
+    assert sb.critical_step_size(steps, np.array([0.9, np.inf, 1.0, 1.0])) == 1.0
+    assert sb.count_spikes(np.array([2.3, 1.0, 2.5, 0.9, 1.9, np.nan])) == 3  # 2.5, 1.9 and the NaN
+    assert sb.run_failed(True, np.nan, 10) and sb.run_failed(False, 0.95 * np.log(10), 10)
+    assert not sb.run_failed(False, 1.0, 10)
+
+
+def test_permutation_nulls():
+    """Four distinct outcomes strictly ordered by chance: 1/4! = 1/24; the critical-rate criterion with every group
+    learning at the lowest rate and the largest never failing."""
+    assert sb.permutation_share([1.0, 2.0, 3.0, 4.0], sb.criterion_speed) == pytest.approx(1 / 24)
+    learned = [True] * 4
+    assert sb.permutation_share([0.02, 0.03, 0.04, 0.06], lambda c: sb.criterion_critical_lr(c, learned)) == (
+        pytest.approx(1 / 24)
+    )
+    # a tie leaves the order unresolved: the strict criterion never holds, whatever the ordering
+    assert sb.permutation_share([0.02, 0.04, 0.04, 0.06], lambda c: sb.criterion_critical_lr(c, learned)) == 0.0
+    assert not sb.criterion_critical_lr([0.02, 0.03, 0.04, 0.06], [False, True, True, True])
+    assert np.isnan(sb.permutation_share([1.0], sb.criterion_speed))
 
 
 def test_run_executes_the_notebook_with_papermill(tmp_path):
@@ -328,8 +428,17 @@ def test_run_executes_the_notebook_with_papermill(tmp_path):
         "batch_sizes",
         "[16]",
         "-p",
-        "train_depth",
+        "stability_depth",
         "2",
+        "-p",
+        "downsamples",
+        "1",
+        "-p",
+        "step_draws",
+        "2",
+        "-p",
+        "train_seeds",
+        "1",
         "-p",
         "dataset",
         "synthetic",
@@ -371,7 +480,9 @@ def test_run_executes_the_notebook_with_papermill(tmp_path):
         "C.mean_field.gn16",
         "C.in_size_grows",
         "C.in_size.2",
-        "C.diverge",
+        "C.step_order",
+        "C.critical_lr",
+        "C.speed",
     }
     for record in records:  # every row at tiny parameters: a kind, an alternative and its verdict
         assert record["kind"] in ("paper", "derived", "known", "identity") and record["alternative"], record["id"]
