@@ -20,7 +20,12 @@ TINY = dict(
     widths=[4, 8],
     step_sizes=[0.001, 1.0, 1000.0],
     divergence_batches=1,
-    learning_rates=[0.01, 0.1],
+    learning_rates=[0.01, 0.1, 1.0],
+    train_seeds=2,
+    downsample=1,
+    threshold_depths=[8, 14, 20],
+    threshold_widths=[2, 2, 2],
+    threshold_refinements=1,
     noise_pool=16,
     noise_batch_sizes=[2, 8],
     noise_draws=3,
@@ -41,6 +46,8 @@ def test_paper_preset_is_the_papers_setup():
         "cifar10",
     )
     assert config["learning_rates"] == [0.0001, 0.003, 0.1] and config["batch_size"] == 128
+    assert config["threshold_depths"][-1] == 110 and config["threshold_widths"] == [16, 32, 64]
+    assert max(config["step_sizes"]) >= 1e6 and config["train_seeds"] >= 3 and config["downsample"] == 1
     assert config["weight_decay"] == 5e-4 and config["momentum"] == 0.9 and config["device"] == "auto"
     train = presets.train_config(config, lr=0.1)
     assert train.peak_lr == 0.1 and train.schedule == "multistep" and train.lr_milestones == (82,)
@@ -56,9 +63,12 @@ def test_paper_preset_is_the_papers_setup():
         ({"arch": "vgg"}, r"parameter 'arch'.*cnn, resnet"),
         ({"arch": "resnet", "depth": 10, "widths": [4, 4, 4]}, r"parameter 'depth'.*6n\+2"),
         ({"widths": [4, 8, 16]}, r"parameter 'widths'.*two widths"),
-        ({"noise_batch_sizes": [8, 512]}, r"parameter 'noise_batch_sizes'.*512 is not below noise_pool 512"),
+        ({"noise_batch_sizes": [8, 512]}, r"parameter 'noise_batch_sizes'.*512 is not below noise_pool 256"),
         ({"noise_step_sizes": [0.1]}, r"noise_step_sizes.*at least two"),
-        ({"learning_rates": [0.1, 0.0]}, r"parameter 'learning_rates'.*positive"),
+        ({"learning_rates": [0.1, 0.0, 1.0]}, r"parameter 'learning_rates'.*positive"),
+        ({"learning_rates": [0.1, 1.0]}, r"parameter 'learning_rates'.*at least three"),
+        ({"threshold_depths": [8, 10, 20]}, r"parameter 'threshold_depths'.*6n\+2"),
+        ({"threshold_widths": [4, 8]}, r"parameter 'threshold_widths'.*three widths"),
         ({"momentum": 2.0}, r"parameter 'momentum'"),
     ],
 )
@@ -119,13 +129,58 @@ def tiny():
 
 def test_measurement_is_tidy_and_deterministic(tiny):
     config, measured = tiny
-    assert set(measured) == {"divergence", "train", "noise", "noise_steps", "noise_variance"}
-    assert len(measured["divergence"]) == 2 * 3 and len(measured["train"]) == 2 * 2
+    assert set(measured) == {
+        "divergence",
+        "depth",
+        "diverging_step",
+        "train",
+        "noise",
+        "noise_steps",
+        "noise_variance",
+    }
+    assert len(measured["divergence"]) == 2 * 3 and len(measured["train"]) == 2 * 3 * 2
+    assert len(measured["depth"]) == 3 * 2 * 1
     assert len(measured["noise"]) == 2 * 3 and len(measured["noise_steps"]) == 2 * 3
     again = chapter.compute(config, executor="serial", cache=False)
-    for key in ("divergence", "noise", "noise_steps", "noise_variance"):
+    for key in ("divergence", "depth", "diverging_step", "noise", "noise_steps", "noise_variance"):
         assert measured[key].equals(again[key]), key
     assert measured["train"]["test_accuracy"].equals(again["train"]["test_accuracy"])
+
+
+def test_training_seeds_are_spawned_and_distinct():
+    seeds = ll.training_seeds(0, 3)
+    assert seeds == ll.training_seeds(0, 3) and len(set(seeds)) == 3
+    assert seeds != ll.training_seeds(1, 3)
+
+
+def test_recalibration_sets_running_statistics_to_the_data():
+    model, x, y = _model_and_batch("bn")
+    dataset = data.load_dataset("synthetic", "train", shape=(1, 8, 8), size=12, seed=0)
+    assert ll.recalibrate_batch_statistics(model, dataset) > 0
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        out = conv(dataset.images)
+    torch.testing.assert_close(first.running_mean, out.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    model_none, _, _ = _model_and_batch("none")
+    assert ll.recalibrate_batch_statistics(model_none, dataset) == 0
+
+
+def test_one_step_threshold_brackets_the_first_diverging_step():
+    model, x, y = _model_and_batch("none")
+    steps = [10.0**k for k in range(-4, 7)]
+    found = ll.one_step_threshold(model, x, y, steps, 1e3, 3, 10)
+    assert not found["censored"] and found["below"] < found["threshold"] <= found["below"] * 10**0.5 * 1.001
+    coarse = ll.one_step_threshold(model, x, y, steps, 1e3, 0, 10)
+    assert coarse["threshold"] in steps and coarse["threshold"] >= found["threshold"]
+    # nothing diverges below 1e-3: a censored threshold at the grid's top, a lower bound
+    tiny_steps = ll.one_step_threshold(model, x, y, [1e-6, 1e-5], 1e3, 3, 10)
+    assert tiny_steps["censored"] and tiny_steps["threshold"] == 1e-5
+
+
+def test_reference_loss_is_the_paper_ratio_near_chance():
+    assert ll.reference_loss(2.0, 10) == 2.0 and ll.reference_loss(60.0, 10) == pytest.approx(math.log(10))
+    np.testing.assert_allclose(ll.robust_ratios(np.array([1.0, 10.0]), 2.0, 10), [1.0, 10.0])
 
 
 class HundredfoldNoise:
@@ -141,6 +196,9 @@ class HundredfoldNoise:
 IDS = {
     "L.threshold",
     "L.threshold_none",
+    "L.depth_none",
+    "L.depth_bn",
+    "L.diverging_step",
     "L.small_lr",
     "L.best_lr",
     "L.noise_batch",
@@ -177,35 +235,93 @@ def test_claims_fail_when_the_theory_is_wrong(tiny):
     assert not {c.id: c.passed for c in chapter.check(config, measured, wrong)}["L.noise_level"]
 
 
-def _divergence(config, none_threshold: float, norm_threshold: float | None) -> pd.DataFrame:
-    """A synthetic divergence frame on ``config``'s grid: the relative loss jumps to 1e9 at each network's threshold
-    (``None``: never, beyond the grid)."""
+def _depth(config, none_thresholds: dict, norm_thresholds: dict) -> pd.DataFrame:
+    """A synthetic depth frame: each network's alpha* per depth on every mini-batch (``None``: never diverged,
+    counted at the grid's top)."""
+    top = max(config["step_sizes"])
     rows = []
-    for norm, threshold in (("bn", norm_threshold), ("none", none_threshold)):
-        for b in range(config["divergence_batches"]):
-            for a in config["step_sizes"]:
-                diverged = threshold is not None and a >= threshold
-                rows.append({"norm": norm, "batch": b, "step_size": a, "relative_loss": 1e9 if diverged else 0.5})
-    return pd.DataFrame(rows).assign(initial_loss=2.3)
+    for norm, table in (("bn", norm_thresholds), ("none", none_thresholds)):
+        for depth, threshold in table.items():
+            for b in range(config["divergence_batches"]):
+                rows.append(
+                    {
+                        "depth": depth,
+                        "norm": norm,
+                        "batch": b,
+                        "threshold": top if threshold is None else threshold * (1 + 0.01 * b),
+                        "below": math.nan,
+                        "censored": threshold is None,
+                        "initial_loss": 2.3,
+                        "evaluations": 5,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+DEPTH_CONFIG = {**TINY, "divergence_batches": 3, "step_sizes": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e3]}
 
 
 def test_divergence_rows_flip_under_their_alternatives(tiny):
     config, measured = tiny
-    config = chapter.resolve("book", **{**TINY, "step_sizes": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]})
-    # as in the paper: the unnormalized network diverges at 1e-3, the normalized one never (a censored ratio)
-    rows = _rows(config, {**measured, "divergence": _divergence(config, 1e-3, None)})
+    config = chapter.resolve("book", **DEPTH_CONFIG)
+    # as in the paper: the unnormalized network's threshold falls with depth to about 1e-3; the normalized one's
+    # stays (here: never diverges on the grid at the deepest depth, a censored ratio)
+    paper_like = _depth(config, {8: 1.0, 14: 0.03, 20: 1e-3}, {8: 100.0, 14: 100.0, 20: None})
+    rows = _rows(config, {**measured, "depth": paper_like})
     assert rows["L.threshold"].passed and "lower bound" in rows["L.threshold"].statement
-    assert rows["L.threshold"].measured == pytest.approx(1e4) and rows["L.threshold"].alternative_passed is False
+    assert (
+        rows["L.threshold"].measured == pytest.approx(1e6, rel=0.05) and rows["L.threshold"].alternative_passed is False
+    )
     assert rows["L.threshold_none"].passed and rows["L.threshold_none"].alternative_passed is False
-    # under the alternative: the normalizer does not move the threshold, which is far from the paper's
-    rows = _rows(config, {**measured, "divergence": _divergence(config, 1.0, 1.0)})
-    assert not rows["L.threshold"].passed and rows["L.threshold"].measured == pytest.approx(1.0)
-    assert "lower bound" not in rows["L.threshold"].statement
-    assert not rows["L.threshold_none"].passed
+    assert rows["L.depth_none"].passed and rows["L.depth_none"].alternative_passed is False
+    assert rows["L.depth_bn"].passed and rows["L.depth_bn"].alternative_passed is False
+    # under the alternatives: no depth dependence, and the normalizer neither moves the threshold nor flattens it
+    flat = _depth(config, {8: 1.0, 14: 1.0, 20: 1.0}, {8: 1.0, 14: 1.0, 20: 1.0})
+    rows = _rows(config, {**measured, "depth": flat})
+    assert not rows["L.threshold"].passed and "lower bound" not in rows["L.threshold"].statement
+    assert not rows["L.threshold_none"].passed and not rows["L.depth_none"].passed
+    alike = _depth(config, {8: 1.0, 14: 0.03, 20: 1e-3}, {8: 1e3, 14: 30.0, 20: 1.0})
+    assert not _rows(config, {**measured, "depth": alike})["L.depth_bn"].passed
 
 
-def _train(accuracy: dict, loss: dict) -> pd.DataFrame:
-    """A synthetic training grid: test accuracy and final loss per (norm, lr); nothing diverged."""
+def _step(top_growth: float, layers: int = 6, channels: int = 4) -> pd.DataFrame:
+    """A synthetic diverging step: every channel's second moment grows by 10 in the bottom layers and by
+    ``10**top_growth`` in the top third."""
+    rows = []
+    for layer in range(1, layers + 1):
+        growth = 10.0**top_growth if layer > layers - layers // 3 else 10.0
+        for c in range(channels):
+            for when, value in (("before", 1.0), ("after", growth)):
+                rows.append(
+                    {
+                        "layer": layer,
+                        "point": f"p{layer}",
+                        "channel": c,
+                        "when": when,
+                        "mean": value,
+                        "variance": value,
+                        "second_moment": value,
+                        "step_size": 1.0,
+                        "depth": 20,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_diverging_step_row_flips_under_uniform_growth(tiny):
+    config, measured = tiny
+    assert ll.top_minus_bottom_growth({"diverging_step": _step(9.0)}) == pytest.approx(8.0)
+    rows = _rows(config, {**measured, "diverging_step": _step(9.0)})
+    assert rows["L.diverging_step"].passed and rows["L.diverging_step"].alternative_passed is False
+    rows = _rows(config, {**measured, "diverging_step": _step(1.0)})
+    assert not rows["L.diverging_step"].passed
+    table = ll.growth_table({"diverging_step": _step(9.0)})
+    assert table.shape == (6, 4) and table.iloc[-1, 0] == pytest.approx(9.0)
+
+
+def _train(accuracy: dict, loss: dict, train_accuracy: float = 1.0, seeds: int = 3) -> pd.DataFrame:
+    """A synthetic training grid: test accuracy (+-0.002 over seeds) and final loss per (norm, lr); nothing
+    diverged; every run at ``train_accuracy``."""
     rows = [
         {
             "norm": norm,
@@ -213,12 +329,14 @@ def _train(accuracy: dict, loss: dict) -> pd.DataFrame:
             "diverged": False,
             "diverged_step": None,
             "final_loss": loss[(norm, lr)],
-            "test_accuracy": acc,
-            "train_accuracy": acc,
+            "test_accuracy": acc + 0.002 * (r - 1),
+            "train_accuracy": train_accuracy,
             "steps": 10,
             "loss": [2.3, loss[(norm, lr)]],
+            "repeat": r,
         }
         for (norm, lr), acc in accuracy.items()
+        for r in range(seeds)
     ]
     return pd.DataFrame(rows)
 
@@ -237,11 +355,17 @@ def test_training_rows_use_test_accuracy_and_flip_under_their_alternatives(tiny)
     assert rows["L.best_lr"].passed and rows["L.best_lr"].measured == pytest.approx(100.0)
     assert rows["L.small_lr"].passed and rows["L.small_lr"].alternative_passed is False
     assert rows["L.best_lr"].alternative_passed is False
+    stats = ll.accuracy_stats({"train": _train(accuracy, loss)})
+    assert (stats["count"] == 3).all() and stats["sem"].iloc[0] == pytest.approx(0.002 / math.sqrt(3))
     # under the alternatives: the normalized network ahead at every rate, and best at the same rate as the other
     ahead = {("bn", 0.001): 0.80, ("bn", 0.01): 0.90, ("bn", 0.1): 0.50}
     ahead |= {("none", 0.001): 0.60, ("none", 0.01): 0.70, ("none", 0.1): 0.10}
     rows = _rows(config, {**measured, "train": _train(ahead, loss)})
     assert not rows["L.small_lr"].passed and not rows["L.best_lr"].passed
+    # networks that did not converge cannot reproduce the paper's comparison of converged networks
+    rows = _rows(config, {**measured, "train": _train(accuracy, loss, train_accuracy=0.5)})
+    assert not rows["L.small_lr"].passed and not rows["L.best_lr"].passed
+    assert "not trained to convergence" in rows["L.best_lr"].statement
 
 
 def test_run_executes_the_notebook_with_papermill(run_notebook):
