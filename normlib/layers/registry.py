@@ -180,7 +180,7 @@ def _entry(name: str) -> _Entry:
         else:
             raise ValueError(
                 f"unknown normalizer name={name!r} (your own layer: 'module:Class' or 'path/to/file.py:Class'); "
-                f"valid names: {', '.join(_REGISTRY)}"
+                f"valid names: {', '.join(n for n in _REGISTRY if n not in _PLUGIN_DIGESTS)}"
             )
     return _REGISTRY[name]
 
