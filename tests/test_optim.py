@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from normlib.optim import SGDWDMimic, channel_norms
+from normlib.optim import SGDWDMimic, channel_norms, project_channel_norms
 
 
 def test_channel_norms_are_the_rows_of_the_flattened_weight():
@@ -58,3 +58,29 @@ def test_reference_norms_are_read_back_as_set():
         opt.reference_norms(plain)
     with pytest.raises(ValueError, match="output channels"):
         opt.set_reference_norms([torch.ones(3)])
+
+
+def test_correction_optimizer_caps_the_step_scale_and_counts_the_cut_channels():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    w.grad = torch.randn_like(w)
+    before = w.detach().clone()
+    reference = channel_norms(w) * torch.tensor([1.0, 0.1, 0.5])  # scales 1, 100, 4
+    opt = SGDWDMimic([{"params": [w], "correct": True}], lr=0.1, max_step_scale=10.0)
+    opt.set_reference_norms([reference])
+    opt.step()
+    expected = before - 0.1 * torch.tensor([1.0, 10.0, 4.0]).view(3, 1) * w.grad
+    assert torch.allclose(w.detach(), expected, atol=1e-6)
+    assert opt.clipped == 1 and opt.clipped_steps == 1
+    with pytest.raises(ValueError, match="max_step_scale"):
+        SGDWDMimic([w], lr=0.1, max_step_scale=0.0)
+
+
+def test_projection_sets_each_channel_norm_and_keeps_its_direction():
+    torch.manual_seed(0)
+    w = torch.randn(3, 2, 3, 3)
+    direction = w / channel_norms(w).view(3, 1, 1, 1)
+    target = torch.tensor([0.5, 2.0, 7.0])
+    project_channel_norms(w, target)
+    assert torch.allclose(channel_norms(w), target)
+    assert torch.allclose(w / channel_norms(w).view(3, 1, 1, 1), direction, atol=1e-6)
