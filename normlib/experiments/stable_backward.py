@@ -760,11 +760,8 @@ class StableBackward(Experiment):
     spec = SPEC
     key_params = (
         "group_sizes",
-        "norms",
         "width",
         "depth",
-        "batch_size",
-        "image_size",
         "repeats",
         "learning_rates",
         "batch_sizes",
