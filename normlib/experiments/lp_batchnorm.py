@@ -1336,7 +1336,6 @@ class LpBatchNorm(Experiment):
     key_params = (
         "norms",
         "fp16_weight_decay",
-        "eval_scales",
         "wn_lr",
         "arch",
         "width",
