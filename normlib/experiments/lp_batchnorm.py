@@ -1338,7 +1338,6 @@ class LpBatchNorm(Experiment):
         "fp16_weight_decay",
         "wn_lr",
         "arch",
-        "width",
         "repeats",
         "dataset",
         "subset",
