@@ -80,6 +80,8 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.5, 0.5
 
 _NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+#: Classes of each real dataset.
+NUM_CLASSES = _NUM_CLASSES
 #: The shape ``(C, H, W)`` of one example of each dataset (synthetic: its default).
 IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
     "fashion-mnist": (1, 28, 28),
