@@ -558,9 +558,10 @@ def recalibrate_batch_statistics(model: nn.Module, dataset: data.Dataset, batch_
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    device = next(model.parameters()).device
     with torch.no_grad():
         for x, _ in data.batches(dataset, batch_size, shuffle=False):
-            model(x)
+            model(x.to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.eval()
