@@ -28,6 +28,7 @@ from normlib.experiments import EXPERIMENTS, get_experiment
 
 __all__ = [
     "BOOK_SEEDS",
+    "device_only_rows",
     "evaluate",
     "robustness",
     "headline",
@@ -168,6 +169,30 @@ def device_differences(report: str | os.PathLike[str], rows: pd.DataFrame) -> pd
                         }
                     )
     columns = ["notebook", "seed", "id", "here", "there", "predicted", "measured"]
+    return pd.DataFrame(out, columns=columns).sort_values(["notebook", "id", "seed"]).reset_index(drop=True)
+
+
+def device_only_rows(report: str | os.PathLike[str], rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows that another device's run has and this build has not (a CUDA-only arm), one per (claim, seed):
+    ``notebook, seed, id, there, predicted, measured``, from a report as :func:`device_differences` reads."""
+    with open(report, encoding="utf-8") as f:
+        book = json.load(f)["book"]
+    here = set(zip(rows["notebook"], rows["id"]))
+    out = [
+        {
+            "notebook": notebook,
+            "seed": int(seed),
+            "id": cid,
+            "there": bool(row["passed"]),
+            "predicted": row["predicted"],
+            "measured": row["measured"],
+        }
+        for seed, chapters in book.items()
+        for notebook, result in chapters.items()
+        for cid, row in result.get("rows", {}).items()
+        if (notebook, cid) not in here
+    ]
+    columns = ["notebook", "seed", "id", "there", "predicted", "measured"]
     return pd.DataFrame(out, columns=columns).sort_values(["notebook", "id", "seed"]).reset_index(drop=True)
 
 

@@ -55,3 +55,18 @@ def test_device_differences_lists_only_changed_verdicts(tmp_path):
     assert differ[["id", "seed", "here", "there"]].to_dict("records") == [
         {"id": "A.y", "seed": 0, "here": True, "there": False}
     ]
+
+
+def test_rows_only_another_device_has_are_listed_apart(tmp_path):
+    rows = _rows({("A.x", 0): True})
+    report = {
+        "book": {
+            "0": {"01_stable_forward": {"rows": {"A.x": {"passed": True, "predicted": 1, "measured": 1}}}},
+            "1": {"01_stable_forward": {"rows": {"A.half": {"passed": False, "predicted": 0.7, "measured": 0.1}}}},
+            "2": {"05_large_learning_rates": {"error": "raised"}},
+        }
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    only = scorecard.device_only_rows(path, rows)
+    assert only[["id", "seed", "there"]].to_dict("records") == [{"id": "A.half", "seed": 1, "there": False}]
