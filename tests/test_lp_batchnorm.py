@@ -147,8 +147,8 @@ EXPECTED_NOT_REPRODUCED = {"L.l2_fp32_acc", "L.bwn_vs_wn", "L.topk_vs_l2"}
 
 ROWS = {
     "L.c_l1": "known",
-    "L.c_linf": "derived",
-    "L.c_topk": "derived",
+    "L.c_linf": "known",
+    "L.c_topk": "known",
     "L.c_derived": "derived",
     "L.overflow_l2.s4": "identity",
     "L.overflow_l2.s16": "identity",
@@ -159,10 +159,10 @@ ROWS = {
     "L.linf_vs_l2": "paper",
     "L.bwn_vs_bn": "paper",
     "L.bwn_vs_wn": "paper",
-    "L.fp16_l2_fails": "paper",
-    "L.fp16_l1_beats_l2": "paper",
-    "L.fp16_onset": "derived",
-    "L.fp16_eval": "derived",
+    "L.fp16_l2_fails": "derived",
+    "L.fp16_l1_beats_l2": "derived",
+    "L.fp16_onset": "identity",
+    "L.fp16_eval": "identity",
 }
 
 
@@ -356,6 +356,8 @@ def test_training_comparisons_fail_under_their_alternatives_and_need_every_arm(t
         assert not row.passed and row.measured == pytest.approx(row.alternative_value), cid
     # L-infinity as good as L2: no longer the worst
     assert not rows_of(config, with_accuracies(measured, GOOD | {("linfbn", "book_lr"): 0.8}))["L.linf_vs_l2"].passed
+    # a shortfall within the seed-noise margin is not "worse"
+    assert not rows_of(config, with_accuracies(measured, GOOD | {("linfbn", "book_lr"): 0.79}))["L.linf_vs_l2"].passed
     # bounded WN: the mean over its seeds
     bwn_low = rows_of(config, with_accuracies(measured, GOOD | {("bwn", "book_lr", 1): 0.79 - 2 * lost}))
     assert not bwn_low["L.bwn_vs_bn"].passed

@@ -566,6 +566,9 @@ class Compass(Experiment):
                     cos,
                     _measured(init, norm, "cosine"),
                     abs_tol=B_ABS_TOL,
+                    # RMSNorm scales each sample by a positive number, so its cosines are the unnormalized net's
+                    # exactly: for it this row repeats chapter 02's B.mean_field.none and is not counted again.
+                    kind="identity" if norm == "rms" else "derived",
                     alternative=("BatchNorm's cosine (samples kept apart)", predicted["cosines_ends"]["bn"]),
                 )
             )
@@ -611,6 +614,7 @@ class Compass(Experiment):
                     float(sum(g == k for g, k in zip(grades, known[norm]))),
                     grades == known[norm],
                     "all three grades",
+                    kind="identity",
                     alternative=(f"the grades of {title(other)}: {', '.join(known[other])}", grades == known[other]),
                 )
             )
