@@ -392,20 +392,18 @@ def command_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_param_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``-p/--param NAME VALUE``, repeatable, as ``run`` and ``claims`` take it."""
+    parser.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m normlib", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="execute one notebook with other parameters")
     run.add_argument("notebook", help="notebook name or path, e.g. 01_stable_forward or notebooks/01_stable_forward.md")
-    run.add_argument(
-        "-p",
-        "--param",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "VALUE"),
-        help="set a parameter (repeatable); VALUE is a Python literal or a plain string, lists as a,b,c",
-    )
+    _add_param_option(run, "set a parameter (repeatable); VALUE is a Python literal or a plain string, lists as a,b,c")
     run.add_argument("--preset", default="book", help="book (CPU, minutes) or paper (the paper's scale)")
     run.add_argument("--out", default="runs", help="folder that receives NAME-<hash>/ (default: runs)")
     run.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
@@ -437,14 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--falsify", action="store_true", help="also exit 1 if any row passes under its alternative, or has none"
     )
-    check.add_argument(
-        "-p",
-        "--param",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "VALUE"),
-        help="set a parameter of the chapters evaluated (repeatable; e.g. -p norm my.py:MyNorm with --only "
-        "04_compass); evaluated in this process",
+    _add_param_option(
+        check,
+        "set a parameter of the chapters evaluated (repeatable; e.g. -p norm my.py:MyNorm with --only 04_compass); "
+        "evaluated in this process",
     )
     check.set_defaults(handler=command_claims)
 

@@ -64,7 +64,7 @@ def record(notebook: str, config: Any, device: str, seconds: float, root: str | 
         "notebook": notebook,
         "digest": config_digest(config),
         "preset": dict(config).get("preset"),
-        "changed": {k: v for k, v in changed.items()},
+        "changed": dict(changed),
         "device": device,
         "threads": torch.get_num_threads(),
         "seconds": round(float(seconds), 3),

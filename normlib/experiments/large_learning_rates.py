@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -292,27 +292,42 @@ def _pool(config: Mapping[str, Any], size: int, stream: int) -> data.Dataset:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def relative_losses(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step_sizes: list[float]
-) -> tuple[float, np.ndarray]:
-    r"""``(L(x), [L(x - alpha * grad) / L(x) for alpha in step_sizes])`` on one mini-batch, in training mode
-    (BatchNorm uses the batch's statistics, as during training); a non-finite loss is recorded as ``inf``. The model
-    and its buffers are restored afterwards."""
+def gradient_step(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], float, Callable[[float], torch.Tensor]]:
+    r"""One mini-batch's gradient step, to be taken at any size: ``(state, L(x), logits_after)``, where
+    ``logits_after(alpha)`` sets the parameters to :math:`x-\alpha\nabla\mathcal L(x)` (from the starting point,
+    whatever step came before) and returns the batch's logits there, in training mode. ``state`` restores the model
+    (``model.load_state_dict(state)``), buffers included."""
     model.train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     params = [p for p in model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
     loss = F.cross_entropy(model(images), labels)
     grads = torch.autograd.grad(loss, params)
-    base = float(loss.detach())
+
+    def logits_after(alpha: float) -> torch.Tensor:
+        with torch.no_grad():
+            for p, p0, g in zip(params, start, grads):
+                p.copy_(p0 - alpha * g)
+            return model(images)
+
+    return state, float(loss.detach()), logits_after
+
+
+def relative_losses(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, step_sizes: list[float]
+) -> tuple[float, np.ndarray]:
+    r"""``(L(x), [L(x - alpha * grad) / L(x) for alpha in step_sizes])`` on one mini-batch, in training mode
+    (BatchNorm uses the batch's statistics, as during training); a non-finite loss is recorded as ``inf``. The model
+    and its buffers are restored afterwards."""
+    state, base, logits_after = gradient_step(model, images, labels)
     ratios = []
     with torch.no_grad():
         for alpha in step_sizes:
-            for p, p0, g in zip(params, start, grads):
-                p.copy_(p0 - alpha * g)
-            stepped = float(F.cross_entropy(model(images), labels))
+            stepped = float(F.cross_entropy(logits_after(alpha), labels))
             ratios.append(stepped / base if math.isfinite(stepped) else math.inf)
-        model.load_state_dict(state)
+    model.load_state_dict(state)
     return base, np.array(ratios)
 
 
@@ -357,13 +372,7 @@ def one_step_threshold(
     :math:`10^{1/16}\approx1.15`). Returns ``threshold`` (the bracket's upper end; the grid's top when nothing
     diverged, with ``censored`` True: a lower bound), ``below`` (its lower end, NaN when the grid's first step already
     diverges), ``initial_loss`` and ``evaluations``. Training mode; the model is restored."""
-    model.train()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    start = [p.detach().clone() for p in params]
-    loss = F.cross_entropy(model(images), labels)
-    grads = torch.autograd.grad(loss, params)
-    base = float(loss.detach())
+    state, base, logits_after = gradient_step(model, images, labels)
     ceiling = limit * reference_loss(base, num_classes)
     evaluations = 0
 
@@ -371,9 +380,7 @@ def one_step_threshold(
         nonlocal evaluations
         evaluations += 1
         with torch.no_grad():
-            for p, p0, g in zip(params, start, grads):
-                p.copy_(p0 - alpha * g)
-            logits = model(images)
+            logits = logits_after(alpha)
             stepped = float(F.cross_entropy(logits, labels))
             collapsed = bool((logits.std(dim=0) == 0).all())
         return collapsed or not stepped <= ceiling  # inf and NaN count as diverged
@@ -476,10 +483,7 @@ def channel_statistics(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     forward pass after one step of size ``step_size`` along the mini-batch gradient (training mode, as
     :func:`relative_losses`). The model is restored afterwards. Columns ``layer`` (1-based), ``point``,
     ``channel``, ``when`` (before/after), ``mean``, ``variance``, ``second_moment`` (non-finite values as ``inf``)."""
-    model.train()
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(F.cross_entropy(model(images), labels), params)
+    state, _, logits_after = gradient_step(model, images, labels)
     model.load_state_dict(state)
     points = model.probe_points()
     rows: list[dict[str, Any]] = []
@@ -511,9 +515,7 @@ def channel_statistics(model: nn.Module, images: torch.Tensor, labels: torch.Ten
             )
 
     record("before")
-    with torch.no_grad():
-        for p, g in zip(params, grads):
-            p.sub_(step_size * g)
+    logits_after(step_size)  # training mode: the batch's own statistics, so the extra forward changes no output
     record("after")
     model.load_state_dict(state)
     return pd.DataFrame(rows).replace(np.nan, np.inf)

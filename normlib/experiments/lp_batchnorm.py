@@ -871,6 +871,12 @@ def mean_accuracy(measured: dict[str, pd.DataFrame], norm: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def chance_accuracy(config: Mapping[str, Any]) -> float:
+    """The test accuracy of guessing: one over the number of classes of the configuration's dataset (synthetic
+    data: its default, 10)."""
+    return 1 / data.NUM_CLASSES.get(config["dataset"], 10)
+
+
 def fp16_accuracy_at_chance(measured: dict[str, pd.DataFrame], norm: str, chance: float) -> float:
     """Mean test accuracy of ``norm``'s float16-statistics runs over the seeds, a diverged run counted at
     ``chance`` (one over the number of classes); NaN when none ran."""
@@ -1241,7 +1247,7 @@ def _fp16_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -
             )
         )
     if {"l1bn", "bn"} <= set(runs.norm):
-        chance = 1 / data.NUM_CLASSES.get(config["dataset"], 10)
+        chance = chance_accuracy(config)
         l1, l2 = fp16_accuracy_at_chance(measured, "l1bn", chance), fp16_accuracy_at_chance(measured, "bn", chance)
         checks.append(
             claims.check_at_least(
