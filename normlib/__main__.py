@@ -324,7 +324,9 @@ def command_claims(args: argparse.Namespace) -> int:
     top = scorecard.headline(folded)
     print(
         f"{top['reproduced']} of {top['claims']} claims (paper and derived) reproduced at seeds "
-        f"{','.join(map(str, seeds))}; sanity checks: {top['n_known']} known, {top['n_identity']} identity"
+        f"{','.join(map(str, seeds))}"
+        + (f"; {top['not_judged']} not judged (precondition not met)" if top["not_judged"] else "")
+        + f"; sanity checks: {top['n_known']} known, {top['n_identity']} identity"
     )
     if args.json is not None:
         records = json.loads(rows.to_json(orient="records"))

@@ -15,6 +15,10 @@ one from a prediction and a measurement; nothing here ever types in a measured n
 
 The headline "X of Y reproduced" counts ``paper`` and ``derived`` rows only (:data:`HEADLINE_KINDS`).
 
+**Not judged.** A row whose precondition fails (the paper compares networks trained to convergence, and the book's
+budget did not get there) is neither reproduced nor refuted: :func:`not_judged` marks it, its verdict reads "not
+judged", it never passes, and the headline counts it apart from the rows that were judged.
+
 **Alternatives.** Every row that is not an identity names the law or value it must exclude, and records the verdict
 its own criterion would give *under that alternative* (``alternative_passed``): for :func:`check_close` the
 alternative's prediction replaces the prediction; for :func:`check_at_least` and :func:`check_at_most` the value
@@ -28,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ __all__ = [
     "check_at_most",
     "check_at_least",
     "check_true",
+    "not_judged",
     "differences",
     "falsify",
     "to_frame",
@@ -79,6 +84,8 @@ class ClaimCheck:
         reason: why, when ``expected`` is ``False``.
         low, high: the interval the measurement must fall in to pass (one side infinite for a bound; NaN for a
             verdict computed by the caller).
+        judged: ``False`` when the row's precondition failed (:func:`not_judged`): it cannot pass.
+        precondition: the precondition that failed, in words (empty when judged).
     """
 
     id: str
@@ -96,15 +103,21 @@ class ClaimCheck:
     reason: str = ""
     low: float = math.nan
     high: float = math.nan
+    judged: bool = True
+    precondition: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"claim {self.id!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if not self.judged and (self.passed or not self.precondition):
+            raise ValueError(f"claim {self.id!r}: a row that is not judged cannot pass and needs its precondition")
         if not self.expected and not self.reason:
             raise ValueError(f"claim {self.id!r}: an expected 'not reproduced' needs its reason")
 
     @property
     def verdict(self) -> str:
+        if not self.judged:
+            return "not judged"
         return "reproduced" if self.passed else "not reproduced"
 
     @property
@@ -270,6 +283,15 @@ def check_true(
     )
 
 
+def not_judged(check: ClaimCheck, precondition: str) -> ClaimCheck:
+    """``check`` marked as not judged because ``precondition`` (in words: what the comparison needs and did not
+    get) failed: it does not pass, whatever its criterion gave, and its verdict reads "not judged". Its expected
+    verdict stays the author's, so an unexpected failure of a precondition still shows in the gate."""
+    if not precondition:
+        raise ValueError(f"claim {check.id!r}: not_judged needs the precondition that failed")
+    return replace(check, passed=False, judged=False, precondition=precondition)
+
+
 def differences(checks: list[ClaimCheck]) -> list[ClaimCheck]:
     """The rows whose verdict differs from the one the book expects (an unexpected pass included)."""
     return [c for c in checks if c.passed != c.expected]
@@ -288,12 +310,19 @@ def falsify(checks: list[ClaimCheck]) -> list[ClaimCheck]:
 
 def verdict_sentence(checks: list[ClaimCheck]) -> str:
     """One sentence (Markdown) for a page: how many checks reproduce their prediction, and which do not."""
-    failed = [c.id for c in checks if not c.passed]
+    unjudged = [c.id for c in checks if not c.judged]
+    judged = [c for c in checks if c.judged]
+    failed = [c.id for c in judged if not c.passed]
+    apart = f" {len(unjudged)} could not be judged (precondition not met): {', '.join(unjudged)}." if unjudged else ""
     if not failed:
-        return f"All {len(checks)} checks reproduce the prediction."
+        return (
+            f"All {len(judged)} checks judged reproduce the prediction.{apart}"
+            if unjudged
+            else (f"All {len(checks)} checks reproduce the prediction.")
+        )
     return (
-        f"{len(checks) - len(failed)} of {len(checks)} checks reproduce the prediction; the others are "
-        f"**not reproduced**: {', '.join(failed)}."
+        f"{len(judged) - len(failed)} of {len(judged)} checks reproduce the prediction; the others are "
+        f"**not reproduced**: {', '.join(failed)}.{apart}"
     )
 
 
@@ -314,6 +343,8 @@ def to_frame(checks: list[ClaimCheck]) -> pd.DataFrame:
         "expected",
         "reason",
         "alternative_passed",
+        "judged",
+        "precondition",
     ]
     return pd.DataFrame(rows, columns=columns)
 

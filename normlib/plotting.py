@@ -43,7 +43,7 @@ NORM_COLORS: dict[str, str] = {
 }
 
 #: Colour of each verdict, on the scorecard and wherever a page colours its verdicts.
-VERDICT_COLORS: dict[str, str] = {"reproduced": "#029e73", "not reproduced": "#b00020"}
+VERDICT_COLORS: dict[str, str] = {"reproduced": "#029e73", "not reproduced": "#b00020", "not judged": "#7f7f7f"}
 
 _LABELS = {
     "bn": "BatchNorm",

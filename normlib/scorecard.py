@@ -61,6 +61,8 @@ COLUMNS = [
     "alternative_passed",
     "low",
     "high",
+    "judged",
+    "precondition",
 ]
 
 
@@ -112,22 +114,39 @@ def _one_thread() -> None:
 
 def robustness(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per claim: its fields at the first seed, ``seeds`` (how many were evaluated),
-    ``seeds_reproduced`` (at how many it passed), ``reproduced`` (at all of them) and ``verdict``."""
+    ``seeds_reproduced`` (at how many it passed), ``seeds_judged`` (at how many its precondition held),
+    ``reproduced`` (at all of them) and ``verdict``: "reproduced", "not judged" (at no seed), else "not
+    reproduced"."""
+    rows = rows.assign(judged=rows["judged"] if "judged" in rows else True)
     first = rows.sort_values("seed").groupby(["notebook", "id"], sort=False).first().reset_index()
-    counts = rows.groupby(["notebook", "id"], sort=False)["passed"].agg(seeds="count", seeds_reproduced="sum")
+    first = first.drop(columns="judged")
+    grouped = rows.groupby(["notebook", "id"], sort=False)
+    counts = (
+        grouped["passed"].agg(seeds="count", seeds_reproduced="sum").join(grouped["judged"].agg(seeds_judged="sum"))
+    )
     out = first.merge(counts.reset_index(), on=["notebook", "id"])
     out["reproduced"] = out["seeds_reproduced"] == out["seeds"]
-    out["verdict"] = np.where(out["reproduced"], "reproduced", "not reproduced")
+    out["judged"] = out["seeds_judged"] > 0
+    out["verdict"] = np.select(
+        [out["reproduced"], ~out["judged"]], ["reproduced", "not judged"], default="not reproduced"
+    )
     order = {stem: i for i, stem in enumerate(EXPERIMENTS)}
     return out.sort_values("notebook", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
 
 def headline(folded: pd.DataFrame) -> dict[str, int]:
-    """``reproduced`` of ``claims`` (``paper`` and ``derived`` rows, reproduced at every seed), and the count of
-    rows per kind."""
+    """``reproduced`` of ``claims`` (``paper`` and ``derived`` rows judged at some seed, reproduced at every
+    seed), ``not_judged`` (those rows whose precondition held at no seed, counted apart), and the count of rows per
+    kind."""
     main = folded[folded["kind"].isin(claims.HEADLINE_KINDS)]
+    judged = main["judged"] if "judged" in main else pd.Series(True, index=main.index)
     counts = {f"n_{kind}": int((folded["kind"] == kind).sum()) for kind in claims.KINDS}
-    return {"claims": len(main), "reproduced": int(main["reproduced"].sum()), **counts}
+    return {
+        "claims": int(judged.sum()),
+        "reproduced": int(main["reproduced"].sum()),
+        "not_judged": int((~judged).sum()),
+        **counts,
+    }
 
 
 def gate(rows: pd.DataFrame) -> pd.DataFrame:
@@ -233,7 +252,7 @@ def plot(folded: pd.DataFrame, ax: Any = None) -> Any:
         value = float(np.clip(value, -limit, limit))
         band = (-1, 1) if two_sided else (-limit, 0)
         ax.plot(band, [y[i], y[i]], color="0.85", lw=4, solid_capstyle="butt", zorder=1)
-        color = plotting.VERDICT_COLORS["reproduced" if row["reproduced"] else "not reproduced"]
+        color = plotting.VERDICT_COLORS[row["verdict"]]
         ax.scatter([value], [y[i]], marker=markers[row["kind"]], color=color, s=28, zorder=3)
     ax.axvline(0, color="0.5", lw=0.6)
     ax.set_xscale("symlog", linthresh=1)

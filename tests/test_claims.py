@@ -1,5 +1,6 @@
 """Claim checks compute both sides and can fail."""
 
+import dataclasses
 import json
 import math
 
@@ -52,3 +53,15 @@ def test_to_frame_columns():
     frame = claims.to_frame([claims.check_at_most("a", "P", "s", 1.0, 0.5)])
     assert list(frame.columns[:4]) == ["id", "paper", "kind", "statement"]
     assert frame.loc[0, "verdict"] == "reproduced"
+
+
+def test_a_row_whose_precondition_failed_is_not_judged_and_cannot_pass():
+    row = claims.check_at_least("X.y", "paper", "s", 1.0, 2.0, kind="paper", alternative=("alt", 0.0))
+    unjudged = claims.not_judged(row, "the networks did not converge")
+    assert row.passed and not unjudged.passed and unjudged.verdict == "not judged"
+    assert unjudged.precondition == "the networks did not converge"
+    assert "could not be judged" in claims.verdict_sentence([row, unjudged])
+    with pytest.raises(ValueError, match="precondition"):
+        claims.not_judged(row, "")
+    with pytest.raises(ValueError, match="cannot pass"):
+        dataclasses.replace(row, judged=False, precondition="p")

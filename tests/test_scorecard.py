@@ -70,3 +70,20 @@ def test_rows_only_another_device_has_are_listed_apart(tmp_path):
     path.write_text(json.dumps(report))
     only = scorecard.device_only_rows(path, rows)
     assert only[["id", "seed", "there"]].to_dict("records") == [{"id": "A.half", "seed": 1, "there": False}]
+
+
+def test_a_row_not_judged_at_every_seed_is_counted_apart_from_the_headline():
+    rows = _rows({("A.x", 0): False, ("A.x", 1): False, ("A.y", 0): True, ("A.y", 1): True})
+    rows["judged"] = rows["id"] != "A.x"
+    folded = scorecard.robustness(rows).set_index("id")
+    assert folded.loc["A.x", "verdict"] == "not judged" and folded.loc["A.x", "seeds_judged"] == 0
+    assert folded.loc["A.y", "verdict"] == "reproduced"
+    top = scorecard.headline(folded.reset_index())
+    assert (top["claims"], top["reproduced"], top["not_judged"]) == (1, 1, 1)
+
+
+def test_a_row_judged_at_some_seed_only_is_not_reproduced():
+    rows = _rows({("A.x", 0): True, ("A.x", 1): False})
+    rows["judged"] = [True, False]
+    folded = scorecard.robustness(rows).set_index("id")
+    assert folded.loc["A.x", "verdict"] == "not reproduced" and folded.loc["A.x", "seeds_judged"] == 1

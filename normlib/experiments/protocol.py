@@ -134,12 +134,14 @@ class Experiment(abc.ABC):
 
     def summary(self, config: Config, checks: list[claims.ClaimCheck]) -> dict[str, Any]:
         """What the page states about its verdicts: ``checks`` and ``reproduced`` (counts), ``not_reproduced``
-        (their ids), ``verdict`` (one sentence, Markdown) and ``measured`` (every row's measured value by id)."""
-        failed = [c.id for c in checks if not c.passed]
+        and ``not_judged`` (their ids), ``verdict`` (one sentence, Markdown) and ``measured`` (every row's measured
+        value by id)."""
+        failed = [c.id for c in checks if c.judged and not c.passed]
         return {
             "checks": len(checks),
-            "reproduced": len(checks) - len(failed),
+            "reproduced": sum(c.passed for c in checks),
             "not_reproduced": failed,
+            "not_judged": [c.id for c in checks if not c.judged],
             "verdict": claims.verdict_sentence(checks),
             "measured": {c.id: c.measured for c in checks},
         }
