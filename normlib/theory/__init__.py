@@ -2,7 +2,8 @@
 
 Every function says where its formula comes from. **Derived** means derived in this book from standard probability
 (the main paper's exact formal statements were not available); **paper** means the paper's own statement. No
-derived formula here is presented as the paper's.
+derived formula here is presented as the paper's. The steps of each derivation are written out in the book, on its
+Derivations page (``book/derivations.md``), one section per chapter.
 
 - :mod:`normlib.theory.forward`: principle A, the residual stream at initialization (closed forms and a mean-field
   model of the whole ResNet).
