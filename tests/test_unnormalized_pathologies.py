@@ -148,6 +148,8 @@ def test_every_row_has_a_kind_and_an_alternative(tiny):
         "U.gradient_tails",
         "U.one_class",
         "U.one_class_norm",
+        "U.input_dependence",
+        "U.input_dependence_norm",
         "R.smax_1",
         "R.smax_2",
         "R.law_1",
@@ -249,6 +251,50 @@ def test_fig6_rows_flip_under_their_alternatives(tiny):
     as_alternative = logit.assign(predicted=np.where(one, diverse, 7))
     rows = _verdicts(config, {**measured, "logit_gradients": as_alternative})
     assert not rows["U.one_class"].passed and not rows["U.one_class_norm"].passed
+
+
+def _with_outputs(measured, outputs_of) -> dict:
+    """``measured`` with every network's output gradients rebuilt from softmax outputs ``outputs_of(norm, init,
+    repeat, labels)`` (a ``(batch, classes)`` array): dL/dz = (p - e_y) / B."""
+    logit = measured["logit_gradients"].copy()
+    labels = {r: rows["label"].to_numpy() for r, rows in measured["batch_labels"].groupby("repeat")}
+    classes = int(logit["cls"].max()) + 1
+    for (norm, init, repeat), rows in logit.groupby(["norm", "init", "repeat"]):
+        y = labels[repeat]
+        p = outputs_of(norm, init, repeat, y)
+        grads = (p - np.eye(classes)[y]) / len(y)
+        logit.loc[rows.index, "gradient"] = grads[rows["image"].to_numpy(), rows["cls"].to_numpy()]
+    return {**measured, "logit_gradients": logit}
+
+
+def test_input_dependence_rows_flip_under_their_alternatives(tiny):
+    config, measured = tiny
+    rng = np.random.default_rng(0)
+
+    def one_class(y):  # every image pushed towards class 7, whatever it shows
+        return np.tile(np.eye(10)[7] * 0.9 + 0.01, (len(y), 1))
+
+    def diverse(y):  # outputs that follow each image (its label, softly, plus noise)
+        z = 3 * np.eye(10)[y] + rng.normal(0, 1, (len(y), 10))
+        return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+    as_paper = _with_outputs(measured, lambda n, i, r, y: one_class(y) if n == "none" else diverse(y))
+    assert up.input_alikeness(as_paper, "none", "lecun") == pytest.approx(1.0)
+    rows = _verdicts(config, as_paper)
+    assert rows["U.input_dependence"].passed and rows["U.input_dependence_norm"].passed
+    assert rows["U.input_dependence"].alternative_passed is False
+    assert rows["U.input_dependence_norm"].alternative_passed is False
+    # the alternatives: outputs as diverse as the labels without a normalizer, one common output with it
+    as_alternative = _with_outputs(measured, lambda n, i, r, y: diverse(y) if n == "none" else one_class(y))
+    rows = _verdicts(config, as_alternative)
+    assert not rows["U.input_dependence"].passed and not rows["U.input_dependence_norm"].passed
+    # the labels' own alikeness is about 0; and identical soft outputs are as alike as one-hot ones
+    assert abs(up.label_alikeness(measured)) < 0.2
+    soft = _with_outputs(measured, lambda n, i, r, y: np.tile(np.linspace(0.05, 0.15, 10), (len(y), 1)))
+    assert up.input_alikeness(soft, "bn", "lecun") == pytest.approx(1.0)
+    # the whole gradients' cosine of identical outputs equals the input-independent one: it only sees the labels
+    measured_cos, flat = up.gradient_cosines(soft, "bn", "lecun")
+    assert measured_cos == pytest.approx(flat)
 
 
 class WrongTheory:
