@@ -269,6 +269,7 @@ def test_divergence_rows_flip_under_their_alternatives(tiny):
     paper_like = _depth(config, {8: 1.0, 14: 0.03, 20: 1e-3}, {8: 100.0, 14: 100.0, 20: None})
     rows = _rows(config, {**measured, "depth": paper_like})
     assert rows["L.threshold"].passed and "lower bound" in rows["L.threshold"].statement
+    assert rows["L.threshold"].predicted == 100.0  # the paper's Fig. 3: no divergence up to 1e-1 against 1e-3
     assert (
         rows["L.threshold"].measured == pytest.approx(1e6, rel=0.05) and rows["L.threshold"].alternative_passed is False
     )
@@ -282,29 +283,60 @@ def test_divergence_rows_flip_under_their_alternatives(tiny):
     assert not rows["L.threshold_none"].passed and not rows["L.depth_none"].passed
     alike = _depth(config, {8: 1.0, 14: 0.03, 20: 1e-3}, {8: 1e3, 14: 30.0, 20: 1.0})
     assert not _rows(config, {**measured, "depth": alike})["L.depth_bn"].passed
+    # a ratio of 60 (seed 0 of an earlier run) is below the paper's 100, whatever it is above ten
+    sixty = _depth(config, {8: 1.0, 14: 0.03, 20: 1.0}, {8: 100.0, 14: 100.0, 20: 60.0})
+    assert not _rows(config, {**measured, "depth": sixty})["L.threshold"].passed
 
 
-def _step(top_growth: float, layers: int = 6, channels: int = 4) -> pd.DataFrame:
-    """A synthetic diverging step: every channel's second moment grows by 10 in the bottom layers and by
-    ``10**top_growth`` in the top third."""
+def test_instances_are_independent_initializations():
+    config = chapter.resolve("book", **TINY)
+    dataset = data.load_dataset("synthetic", "train", shape=(1, 8, 8), size=4, seed=0)
+    first, second = (ll.threshold_resnet(config, 8, "none", dataset, b) for b in (0, 1))
+    again = ll.threshold_resnet(config, 8, "bn", dataset, 0)
+    w = [next(m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)) for net in (first, second, again)]
+    assert not torch.equal(w[0], w[1]) and torch.equal(w[0], w[2])
+
+
+def test_depth_slope_with_noise_between_instances():
+    # the slope's t-statistic is computed over independent instances: scattered thresholds give a small |t|
+    config = chapter.resolve("book", **DEPTH_CONFIG)
+    rng = np.random.default_rng(0)
+    rows = [
+        {"depth": d, "norm": "none", "batch": b, "threshold": 10 ** rng.normal(0, 1.0), "censored": False}
+        for d in (8, 14, 20)
+        for b in range(3)
+    ]
+    table = pd.DataFrame(rows).assign(initial_loss=2.3, below=math.nan, evaluations=5)
+    slope, se = ll.depth_slope(config, {"depth": table}, "none")
+    assert abs(slope / se) < 3
+
+
+def _step(top_growth: float, layers: int = 6, channels: int = 4, instances: int = 3, collapse: int = 0) -> pd.DataFrame:
+    """A synthetic diverging step over ``instances`` initializations: every channel's second moment grows by 10 in
+    the bottom layers and by ``10**top_growth`` in the top third; in the first ``collapse`` instances every layer
+    above the first outputs 0 after the step (the network switched off)."""
     rows = []
-    for layer in range(1, layers + 1):
-        growth = 10.0**top_growth if layer > layers - layers // 3 else 10.0
-        for c in range(channels):
-            for when, value in (("before", 1.0), ("after", growth)):
-                rows.append(
-                    {
-                        "layer": layer,
-                        "point": f"p{layer}",
-                        "channel": c,
-                        "when": when,
-                        "mean": value,
-                        "variance": value,
-                        "second_moment": value,
-                        "step_size": 1.0,
-                        "depth": 20,
-                    }
-                )
+    for b in range(instances):
+        for layer in range(1, layers + 1):
+            growth = 10.0**top_growth if layer > layers - layers // 3 else 10.0
+            if b < collapse and layer > 1:
+                growth = 0.0
+            for c in range(channels):
+                for when, value in (("before", 1.0), ("after", growth)):
+                    rows.append(
+                        {
+                            "layer": layer,
+                            "point": f"p{layer}",
+                            "channel": c,
+                            "when": when,
+                            "mean": 0.0,
+                            "variance": value,
+                            "second_moment": value,
+                            "step_size": 1.0,
+                            "depth": 20,
+                            "batch": b,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -313,10 +345,31 @@ def test_diverging_step_row_flips_under_uniform_growth(tiny):
     assert ll.top_minus_bottom_growth({"diverging_step": _step(9.0)}) == pytest.approx(8.0)
     rows = _rows(config, {**measured, "diverging_step": _step(9.0)})
     assert rows["L.diverging_step"].passed and rows["L.diverging_step"].alternative_passed is False
+    # the alternative: every layer grows alike
     rows = _rows(config, {**measured, "diverging_step": _step(1.0)})
-    assert not rows["L.diverging_step"].passed
+    assert not rows["L.diverging_step"].passed and rows["L.diverging_step"].measured == pytest.approx(0.0)
+    # one decade more at the top is not "orders of magnitude"
+    assert not _rows(config, {**measured, "diverging_step": _step(2.0)})["L.diverging_step"].passed
     table = ll.growth_table({"diverging_step": _step(9.0)})
     assert table.shape == (6, 4) and table.iloc[-1, 0] == pytest.approx(9.0)
+
+
+def test_collapsed_steps_count_against_the_row(tiny):
+    config, measured = tiny
+    # one collapsed instance of three: the median is the blown-up ones'
+    step = {"diverging_step": _step(9.0, collapse=1)}
+    summary = ll.diverging_step_summary(step)
+    assert list(summary["collapsed"]) == [5, 0, 0] and np.isneginf(summary["top_minus_bottom"].iloc[0])
+    assert np.isneginf(ll.layer_growth(step, 0).iloc[-1]) and ll.layer_growth(step, 0).iloc[0] == pytest.approx(1.0)
+    assert ll.top_minus_bottom_growth(step) == pytest.approx(8.0)
+    # two of three collapsed: the median instance collapsed, the row fails with -inf
+    step = {"diverging_step": _step(9.0, collapse=2)}
+    assert np.isneginf(ll.top_minus_bottom_growth(step))
+    assert not _rows(config, {**measured, **step})["L.diverging_step"].passed
+    # an even count: a collapsed instance among the middle two makes the median -inf
+    step = {"diverging_step": _step(9.0, instances=4, collapse=2)}
+    assert np.isneginf(ll.top_minus_bottom_growth(step))
+    assert math.isnan(ll.top_minus_bottom_growth({"diverging_step": _step(9.0).iloc[:0]}))
 
 
 def _train(accuracy: dict, loss: dict, train_accuracy: float = 1.0, seeds: int = 3) -> pd.DataFrame:
