@@ -201,6 +201,8 @@ IDS = {
     "L.diverging_step",
     "L.small_lr",
     "L.best_lr",
+    "L.best_generalizes",
+    "L.lead_grows",
     "L.noise_batch",
     "L.noise_level",
     "L.noise_step",
@@ -408,6 +410,8 @@ def test_training_rows_use_test_accuracy_and_flip_under_their_alternatives(tiny)
     assert rows["L.best_lr"].passed and rows["L.best_lr"].measured == pytest.approx(100.0)
     assert rows["L.small_lr"].passed and rows["L.small_lr"].alternative_passed is False
     assert rows["L.best_lr"].alternative_passed is False
+    for cid in ("L.best_generalizes", "L.lead_grows"):
+        assert rows[cid].passed and rows[cid].alternative_passed is False and rows[cid].judged
     stats = ll.accuracy_stats({"train": _train(accuracy, loss)})
     assert (stats["count"] == 3).all() and stats["sem"].iloc[0] == pytest.approx(0.002 / math.sqrt(3))
     # under the alternatives: the normalized network ahead at every rate, and best at the same rate as the other
@@ -416,9 +420,16 @@ def test_training_rows_use_test_accuracy_and_flip_under_their_alternatives(tiny)
     rows = _rows(config, {**measured, "train": _train(ahead, loss)})
     assert not rows["L.small_lr"].passed and not rows["L.best_lr"].passed
     # networks that did not converge cannot reproduce the paper's comparison of converged networks
+    # a large rate that trains no better than the smallest: no generalization gain, the same lead at both rates
+    flat = {("bn", 0.001): 0.80, ("bn", 0.01): 0.70, ("bn", 0.1): 0.80}
+    flat |= {("none", 0.001): 0.81, ("none", 0.01): 0.70, ("none", 0.1): 0.81}
+    rows = _rows(config, {**measured, "train": _train(flat, loss)})
+    assert not rows["L.best_generalizes"].passed and not rows["L.lead_grows"].passed
+    # networks that did not converge: the paper's comparison of converged networks is not judged
     rows = _rows(config, {**measured, "train": _train(accuracy, loss, train_accuracy=0.5)})
-    assert not rows["L.small_lr"].passed and not rows["L.best_lr"].passed
-    assert "not trained to convergence" in rows["L.best_lr"].statement
+    for cid in ("L.small_lr", "L.best_lr", "L.best_generalizes", "L.lead_grows"):
+        assert not rows[cid].passed and rows[cid].verdict == "not judged"
+        assert "not trained to convergence" in rows[cid].precondition
 
 
 def test_run_executes_the_notebook_with_papermill(run_notebook):

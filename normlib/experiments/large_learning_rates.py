@@ -1025,8 +1025,10 @@ class LargeLearningRates(Experiment):
     def check(
         self, config: Config, measured: dict[str, pd.DataFrame], predicted: Predictions
     ) -> list[claims.ClaimCheck]:
-        """L.threshold, L.threshold_none, L.depth_none, L.depth_bn, L.diverging_step, L.small_lr, L.best_lr, and
-        the identities L.noise_batch, L.noise_level, L.noise_step (see the notebook)."""
+        """L.threshold, L.threshold_none, L.depth_none, L.depth_bn, L.diverging_step; the Fig. 1 training rows
+        L.small_lr, L.best_lr, L.best_generalizes and L.lead_grows, *not judged* (:func:`claims.not_judged`) when
+        the networks did not converge; and the identities L.noise_batch, L.noise_level, L.noise_step (see the
+        notebook)."""
         title = layers.norm_info(config["norm"]).title
         ratio, censored = threshold_ratio(config, measured)
         top = max(config["step_sizes"])
@@ -1151,52 +1153,84 @@ class LargeLearningRates(Experiment):
             "rate, and without a normalizer none reaches it at any rate, so the row cannot be judged; the runs are "
             "on the page"
         )
-        holds_gap = converged and abs(gap) <= SMALL_LR_GAP_MAX + 2 * gap_se
         other_gap = float(others.max()) if len(others) else float("nan")
-        checks.append(
+        best_norm, best_base = best_learning_rate(measured, config["norm"]), best_learning_rate(measured, BASELINE)
+        best_ratio = best_norm / best_base
+        mean, sem = stats["mean"], stats["sem"]
+        norm_key = config["norm"]
+        # BN at its best rate against BN at the smallest (the generalization claim), and the difference in
+        # differences: the normalizer's lead at its best rate minus its lead at the smallest rate.
+        gain = float(mean[(best_norm, norm_key)] - mean[(smallest, norm_key)])
+        gain_se = float(np.hypot(sem[(best_norm, norm_key)], sem[(smallest, norm_key)]))
+        lead_best = float(mean[(best_norm, norm_key)] - mean[(best_norm, BASELINE)])
+        lead_se = float(np.sqrt(sem[(best_norm, norm_key)] ** 2 + sem[(best_norm, BASELINE)] ** 2 + gap_se**2))
+        lead_change = lead_best - gap
+        training_rows = [
             claims.check_true(
                 "L.small_lr",
                 PAPER,
                 f"at the smallest learning rate ({smallest:g}) both converged networks reach about the same "
                 f"test accuracy: |gap| at most {SMALL_LR_GAP_MAX:g} + 2 standard errors over "
-                f"{config['train_seeds']} training seeds (gap {gap:+.3f} +- {gap_se:.3f})"
-                + ("" if converged else f"; {unconverged}"),
+                f"{config['train_seeds']} training seeds (gap {gap:+.3f} +- {gap_se:.3f})",
                 SMALL_LR_GAP_MAX,
                 abs(gap),
-                holds_gap,
+                abs(gap) <= SMALL_LR_GAP_MAX + 2 * gap_se,
                 "at most",
                 kind="paper",
                 alternative=(
                     f"{title} is ahead at every learning rate (the largest gap at the other rates: {other_gap:.3f})",
-                    converged and other_gap <= SMALL_LR_GAP_MAX + 2 * gap_se,
+                    other_gap <= SMALL_LR_GAP_MAX + 2 * gap_se,
                 ),
                 expected=False,
                 reason=not_converged_reason,
-            )
-        )
-        best_norm, best_base = best_learning_rate(measured, config["norm"]), best_learning_rate(measured, BASELINE)
-        best_ratio = best_norm / best_base
-        checks.append(
+            ),
             claims.check_true(
                 "L.best_lr",
                 PAPER,
                 f"the best learning rate (highest mean test accuracy over {config['train_seeds']} training seeds, "
                 f"the paper's Fig. 1 metric) with {title} is at least {BEST_LR_RATIO_MIN:g}x the best one without a "
-                f"normalizer, for converged networks (measured {best_norm:g} against {best_base:g})"
-                + ("" if converged else f"; {unconverged}"),
+                f"normalizer, for converged networks (measured {best_norm:g} against {best_base:g})",
                 BEST_LR_RATIO_MIN,
                 best_ratio,
-                converged and best_ratio >= BEST_LR_RATIO_MIN,
+                best_ratio >= BEST_LR_RATIO_MIN,
                 "at least",
                 kind="paper",
-                alternative=(
-                    f"{title} allows no larger learning rate: ratio 1",
-                    converged and 1.0 >= BEST_LR_RATIO_MIN,
-                ),
+                alternative=(f"{title} allows no larger learning rate: ratio 1", 1.0 >= BEST_LR_RATIO_MIN),
                 expected=False,
                 reason=not_converged_reason,
-            )
-        )
+            ),
+            claims.check_true(
+                "L.best_generalizes",
+                PAPER,
+                f"with {title}, the network trained at its best rate ({best_norm:g}) tests better than at the "
+                f"smallest ({smallest:g}), by more than 2 standard errors (the paper's generalization claim; gain "
+                f"{gain:+.3f} +- {gain_se:.3f})",
+                0.0,
+                gain,
+                gain > 2 * gain_se,
+                "> 2 s.e.",
+                kind="paper",
+                alternative=("a large rate trains faster but generalizes no better: gain 0", 0.0 > 2 * gain_se),
+                expected=False,
+                reason=not_converged_reason,
+            ),
+            claims.check_true(
+                "L.lead_grows",
+                PAPER,
+                f"{title}'s lead over no normalizer in test accuracy is larger at its best rate ({best_norm:g}) than "
+                f"at the smallest ({smallest:g}), by more than 2 standard errors (difference in differences "
+                f"{lead_change:+.3f} +- {lead_se:.3f})",
+                0.0,
+                lead_change,
+                lead_change > 2 * lead_se,
+                "> 2 s.e.",
+                kind="paper",
+                alternative=("the same lead at every rate: difference 0", 0.0 > 2 * lead_se),
+                expected=False,
+                reason=not_converged_reason,
+            ),
+        ]
+        checks += [row if converged else claims.not_judged(row, unconverged) for row in training_rows]
 
         checks.append(
             claims.check_close(
