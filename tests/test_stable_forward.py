@@ -13,8 +13,10 @@ chapter = sf.EXPERIMENT
 #: One normalizer of every law: linear (bn), exponential (sws, none, wn), bounded (evo_b0); with SkipInit flat (an
 #: identity) or rescaled (wn, evo_b0); the NF remedy for the parametric ones and none.
 SMALL = dict(
-    norms=["bn", "sws", "none", "wn", "evo_b0"], depth=20, widths=[16, 16, 16], batch_size=8, image_size=8, repeats=1
-)
+    norms=["bn", "sws", "none", "wn", "evo_b0"], depth=20, widths=[16, 16, 16], batch_size=8, image_size=8, repeats=1,
+    train_norms=["bn"], train_depth=8, train_widths=[4, 4, 4], train_batch_size=8, train_steps=10,
+    dataset="synthetic",
+)  # fmt: skip
 
 
 def test_paper_preset_is_the_papers_resnet56_on_cifar100_shapes():
@@ -34,6 +36,11 @@ def test_paper_preset_is_the_papers_resnet56_on_cifar100_shapes():
         ({"variants": ["plain", "fixup"]}, r"parameter 'variants'.*plain, skipinit, nf"),
         ({"block": "sideways"}, r"parameter 'block'.*post, pre"),
         ({"seed": -1}, r"parameter 'seed'"),
+        ({"train_depth": 21}, r"parameter 'train_depth'.*6n\+2"),
+        ({"train_widths": [8, 16]}, r"parameter 'train_widths'.*three stage widths"),
+        ({"train_norms": ["bn", "batchnorm"]}, r"parameter 'train_norms'.*batchnorm"),
+        ({"downsample": 8}, r"parameter 'downsample'"),
+        ({"train_steps": 5}, r"parameter 'train_steps'"),
     ],
 )
 def test_invalid_parameters(overrides, match):
@@ -55,17 +62,22 @@ def test_map_sizes_and_transitions():
 @pytest.fixture(scope="module")
 def small_measurement():
     config = chapter.resolve("book", **SMALL)
-    return config, chapter.measure(config, cache=False)
+    return config, chapter.measure(config, executor="serial", cache=False)
 
 
 def test_measurement_is_tidy_and_deterministic(small_measurement):
-    config, measured = small_measurement
+    config, both = small_measurement
+    measured = both["streams"]
     assert list(measured.columns) == ["norm", "variant", "repeat", "block", "point", "metric", "value"]
     blocks = 3 * ((config["depth"] - 2) // 6)
     assert set(measured.block) == set(range(blocks + 1))
     assert len(measured) == len(sf.runs(config)) * (blocks + 1) * 2
-    again = chapter.measure(config, cache=False)
-    pd.testing.assert_frame_equal(measured, again)
+    again = chapter.measure(config, executor="serial", cache=False)
+    pd.testing.assert_frame_equal(measured, again["streams"])
+    train = both["train"]
+    assert list(zip(train.norm, train.variant)) == [("bn", "plain"), ("bn", "skipinit")]
+    assert set(train.steps) <= {config["train_steps"]} | set(train.diverged_step.dropna() + 1)
+    pd.testing.assert_frame_equal(train, again["train"])
 
 
 def test_every_row_has_a_kind_and_an_alternative(small_measurement):
@@ -78,6 +90,7 @@ def test_every_row_has_a_kind_and_an_alternative(small_measurement):
         assert check.kind in ("paper", "derived", "known", "identity"), check.id
         if check.kind != "identity":
             assert check.alternative and check.alternative_passed is not None, check.id
+    assert "A.train.bn" in ids
     identities = {c.id for c in checks if c.kind == "identity"}
     assert identities == {"A.flat.bn", "A.flat.sws", "A.flat.none"}
     (remedy,) = [c for c in checks if c.id == "A.flat.wn"]
@@ -89,7 +102,7 @@ def test_every_row_has_a_kind_and_an_alternative(small_measurement):
     for check in checks:
         expected_paper = sf.NF_PAPER if check.id.startswith(("A.nf.", "A.nf_jump.")) else sf.PAPER
         assert check.paper == expected_paper, check.id
-        if check.kind != "identity":
+        if check.kind != "identity" and not check.id.startswith("A.train."):
             assert "second moment" in check.statement and "per-channel variance" in check.statement, check.id
 
 
@@ -270,7 +283,8 @@ def test_rescaled_rows_flip_and_the_remedy_row_holds_on_a_flat_stream(book, norm
 
 
 def test_growth_separates_the_laws(small_measurement):
-    config, measured = small_measurement
+    config, both = small_measurement
+    measured = both["streams"]
     bn = sf.growth(config, sf.mean_curve(measured, "bn", "plain"))
     sws = sf.growth(config, sf.mean_curve(measured, "sws", "plain"))
     flat = sf.growth(config, sf.mean_curve(measured, "bn", "skipinit"))
@@ -281,8 +295,9 @@ def test_growth_separates_the_laws(small_measurement):
 
 def test_a_stream_near_float32s_range_is_measured_in_float64():
     config = chapter.resolve("book", norms=["wn"], variants=["plain"], depth=110, widths=[8, 8, 8], repeats=1,
-                             batch_size=4)  # fmt: skip
-    measured = chapter.measure(config, cache=False)
+                             batch_size=4, train_norms=["bn"], train_depth=8, train_widths=[4, 4, 4],
+                             train_batch_size=4, train_steps=10, dataset="synthetic")  # fmt: skip
+    measured = chapter.measure(config, executor="serial", cache=False)["streams"]
     curve = sf.mean_curve(measured, "wn", "plain")
     assert np.all(np.isfinite(curve)) and curve.max() > sf.FLOAT32_SAFE
     check = {c.id: c for c in chapter.check(config, measured, chapter.predict(config))}["A.exponential.wn"]
@@ -292,3 +307,64 @@ def test_a_stream_near_float32s_range_is_measured_in_float64():
 def test_depth_is_bounded_where_float64_holds_every_stream():
     with pytest.raises(ParameterError, match=r"parameter 'depth'"):
         chapter.resolve("book", depth=608)
+
+
+# ------------------------------------------------------------------ the training rows (performance of property A)
+
+
+def train_frame(outcomes):
+    """A training measurement with the given failed flags, ``{(norm, variant): failed}``."""
+    rows = [{"norm": n, "variant": v, "failed": f, "final_loss": 1.0, "diverged": f} for (n, v), f in outcomes.items()]
+    return pd.DataFrame(rows)
+
+
+BOOK_OUTCOMES = {
+    ("bn", "plain"): False, ("bn", "skipinit"): False, ("wn", "plain"): True, ("wn", "skipinit"): True,
+    ("sws", "plain"): True, ("sws", "skipinit"): False,
+}  # fmt: skip
+
+
+def training_verdicts(config, outcomes):
+    return {c.id: c for c in sf.training_rows(config, train_frame(outcomes))}
+
+
+def test_training_rows_pass_on_the_claimed_outcomes_and_name_their_alternatives():
+    config = chapter.resolve("book")
+    rows = training_verdicts(config, BOOK_OUTCOMES)
+    assert set(rows) == {"A.train.bn", "A.train.wn", "A.train.sws"}
+    assert rows["A.train.bn"].passed and rows["A.train.sws"].passed and not rows["A.train.wn"].passed
+    assert rows["A.train.wn"].expected is False and "scaled ReLU" in rows["A.train.wn"].reason
+    for row in rows.values():
+        assert row.kind == "paper" and row.alternative and row.alternative_passed is False, row.id
+    assert "SkipInit changes nothing" in rows["A.train.sws"].alternative
+    assert rows["A.train.sws"].measured == 2.0 and rows["A.train.wn"].measured == 1.0
+
+
+@pytest.mark.parametrize(
+    "norm, plain, skipinit",
+    [
+        ("sws", True, True),  # SkipInit changes nothing: fails either way
+        ("sws", False, False),  # SkipInit changes nothing: trains either way
+        ("bn", True, False),  # BN needs SkipInit, like a parametric normalizer
+        ("bn", True, True),
+    ],
+)
+def test_training_rows_flip_under_their_alternatives(norm, plain, skipinit):
+    config = chapter.resolve("book")
+    outcomes = {**BOOK_OUTCOMES, (norm, "plain"): plain, (norm, "skipinit"): skipinit}
+    assert training_verdicts(config, outcomes)[f"A.train.{norm}"].passed is False
+
+
+def test_wn_passes_when_skipinit_rescues_it():
+    config = chapter.resolve("book")
+    assert training_verdicts(config, {**BOOK_OUTCOMES, ("wn", "skipinit"): False})["A.train.wn"].passed
+
+
+def test_training_grid_fixes_the_schedule_before_looking():
+    config = chapter.resolve("book")
+    grid = sf.training_grid(config)
+    assert [(p["norm"], p["variant"]) for p in grid] == [(n, v) for n in ("bn", "wn", "sws") for v in sf.TRAIN_VARIANTS]
+    train = grid[0]["train"]
+    assert train["lr"] == 0.1 and train["lr_scale_with_batch"] is False and train["batch_size"] == 32
+    assert grid[0]["dataset"]["subset"] == 32 * 64 and grid[0]["depth"] == 20 and grid[0]["downsample"] == 2
+    assert train["seed"] == sf.training_seed(config) != config["seed"]

@@ -9,6 +9,11 @@ the residual stream after the stem and after every block of a CIFAR ResNet at in
 * ``nf``: NF-ResNet-style scaling (Brock et al. 2021), pre-activation blocks whose branch sees :math:`x_l/\beta_l`.
   It is the remedy for the parametric normalizers and for no normalizer, so it runs only for those.
 
+**In training** (the performance consequence the paper draws from property A): a short SGD run of a smaller ResNet
+(depth ``train_depth``) on real images for every normalizer of ``train_norms``, with and without SkipInit
+(:func:`train_point`, through :func:`normlib.sweep.sweep`, cached point by point). A run *failed* when it diverged or
+ended at a loss of at least 0.95 ln(classes) (chapter 03's :func:`~normlib.experiments.stable_backward.run_failed`).
+
 The predictions come from :mod:`normlib.theory` (derived in this book, not the paper's formulas). Each row names the
 law it must exclude and is compared by a statistic that tells the two apart: the increments' acceleration
 (:func:`normlib.theory.increment_acceleration`: 1 for linear growth, :math:`r` for growth by :math:`r` per block)
@@ -20,20 +25,27 @@ per-channel variance (the page plots both).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from normlib import claims, layers, models, probes
+from normlib import claims, data, layers, models, probes
 from normlib import theory as default_theory
 from normlib.experiments import checks as shared_checks
 from normlib.experiments.protocol import Experiment, Predictions
 from normlib.params import Config, Param, ParameterError, ParamSpec
 from normlib.runtime import derive_seed, resolve_device, torch_threads
+from normlib.sweep import sweep
+from normlib.train import TrainConfig, load_splits
+from normlib.train import train as train_loop
 
 NOTEBOOK = "01_stable_forward"
 TITLE = "Stable forward propagation"
@@ -44,13 +56,30 @@ GROUPED = ("gn", "evo_s0")
 
 def _check_groups(config: Mapping[str, Any]) -> None:
     """Every grouped normalizer asked for must be buildable at every width (group size divides the width)."""
-    for norm in (n for n in config["norms"] if n in GROUPED):
-        for width in config["widths"]:
-            try:
-                layers.make_norm(norm, width, **norm_options(norm, config))
-            except ValueError as error:
-                name = "group_size" if config["group_size"] is not None else "widths"
-                raise ParameterError(f"parameter {name!r}: {norm} cannot be built at width {width}: {error}") from None
+    for norms, widths in (("norms", "widths"), ("train_norms", "train_widths")):
+        for norm in (n for n in config[norms] if n in GROUPED):
+            for width in config[widths]:
+                try:
+                    layers.make_norm(norm, width, **norm_options(norm, config))
+                except ValueError as error:
+                    name = "group_size" if config["group_size"] is not None else widths
+                    raise ParameterError(
+                        f"parameter {name!r}: {norm} cannot be built at width {width}: {error}"
+                    ) from None
+
+
+def _check_training(config: Mapping[str, Any]) -> None:
+    """The trained ResNet's depth is 6n+2 and it has three stage widths."""
+    depth = config["train_depth"]
+    if (depth - 2) % 6 != 0:
+        raise ParameterError(
+            f"parameter 'train_depth': invalid value {depth!r}; allowed: 6n+2 with n >= 1, e.g. 8, 20, 32, 56"
+        )
+    if len(config["train_widths"]) != 3:
+        raise ParameterError(
+            f"parameter 'train_widths': invalid value {config['train_widths']!r}; allowed: three stage widths, "
+            "e.g. [16, 32, 64] (a CIFAR ResNet-20)"
+        )
 
 
 SPEC = ParamSpec(
@@ -72,6 +101,29 @@ SPEC = ParamSpec(
         Param("alpha", "float", "NF-ResNet branch scale alpha (Brock et al. use 0.2; see NF_ALPHA)", minimum=1e-6),
         Param("seed", "int", "base random seed", minimum=0),
         Param("device", "str", "cpu, cuda or auto (CUDA when present)", choices=("cpu", "cuda", "auto")),
+        Param(
+            "train_norms",
+            "str_list",
+            "normalizers trained with and without SkipInit (the performance rows A.train.*)",
+        ),
+        Param("train_depth", "int", "depth 6n+2 of the trained ResNet", minimum=8, maximum=602),
+        Param("train_widths", "int_list", "stage widths of the trained ResNet", minimum=1),
+        Param("train_batch_size", "int", "images per SGD step in training", minimum=2),
+        Param("train_steps", "int", "SGD steps of each training run (one pass over that many batches)", minimum=10),
+        Param(
+            "train_lr",
+            "float",
+            "peak step size of the training runs (not scaled with the batch; a tenth for the last quarter)",
+            minimum=1e-6,
+        ),
+        Param("dataset", "str", "training data", choices=data.DATASETS),
+        Param(
+            "downsample",
+            "int",
+            "average-pool the training images by this factor (1: as they are; at most 7, which leaves 4x4 of 28x28)",
+            minimum=1,
+            maximum=7,
+        ),
     ),
     presets={
         "book": {
@@ -87,6 +139,16 @@ SPEC = ParamSpec(
             "alpha": 1.0,
             "seed": 0,
             "device": "cpu",
+            # fixed before any training run was looked at, sized for the CPU budget (about 10 s per seed): half the
+            # widths of a CIFAR ResNet-20, 64 steps of 32 images, the paper's base rate 0.1 as the peak step
+            "train_norms": ["bn", "wn", "sws"],
+            "train_depth": 20,
+            "train_widths": [8, 16, 32],
+            "train_batch_size": 32,
+            "train_steps": 64,
+            "train_lr": 0.1,
+            "dataset": "fashion-mnist",
+            "downsample": 2,
         },
         "paper": {
             "norms": list(layers.NORM_NAMES),
@@ -101,11 +163,21 @@ SPEC = ParamSpec(
             "alpha": 1.0,
             "seed": 0,
             "device": "auto",
+            "train_norms": ["bn", "wn", "sws"],
+            "train_depth": 56,
+            "train_widths": [32, 64, 128],
+            "train_batch_size": 256,
+            "train_steps": 2000,
+            "train_lr": 0.1,
+            "dataset": "cifar100",
+            "downsample": 1,
         },
     },
     checks=(
         lambda config: shared_checks.registered_norms(config, "norms"),
+        lambda config: shared_checks.registered_norms(config, "train_norms"),
         shared_checks.resnet_depth,
+        _check_training,
         shared_checks.resnet_widths,
         _check_groups,
         shared_checks.device_available,
@@ -457,6 +529,187 @@ def _bounded_row(config, key, norm, measured):
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# In training: the performance consequence of property A
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Test images each training run is evaluated on (its accuracy is shown, not judged).
+EVAL_IMAGES = 1000
+#: The training variants: the paper's block, and SkipInit.
+TRAIN_VARIANTS = ("plain", "skipinit")
+
+
+@functools.lru_cache(maxsize=2)
+def _splits(dataset_json: str, seed: int, downsample: int) -> tuple[data.Dataset, data.Dataset]:
+    """:func:`normlib.train.load_splits`, average-pooled by ``downsample``, kept in memory: the runs of one seed share
+    their data."""
+    train_set, test_set = load_splits(json.loads(dataset_json), seed)
+    if downsample == 1:
+        return train_set, test_set
+    pool = lambda d: dataclasses.replace(d, images=F.avg_pool2d(d.images, downsample))  # noqa: E731
+    return pool(train_set), pool(test_set)
+
+
+def train_point(
+    norm: str, variant: str, depth: int, widths: list[int], block: str, downsample: int,
+    dataset: dict[str, Any], train: dict[str, Any], norm_opts: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """One training run (module level, so that :func:`normlib.sweep.sweep` can send it to workers and cache it): a
+    ResNet of ``depth`` with ``norm``, with SkipInit when ``variant`` is ``skipinit``, trained by
+    :func:`normlib.train.train`. Returns the loss curve and the outcome (the final loss is the mean of the last tenth
+    of the steps, NaN when the run diverged)."""
+    from normlib.experiments.stable_backward import count_spikes, run_failed  # chapter 03's failure rule
+
+    config = TrainConfig(**train)
+    train_set, test_set = _splits(json.dumps(dataset, sort_keys=True), config.seed, downsample)
+    device = resolve_device(config.device)
+    with torch_threads(1 if device.type == "cpu" else None):  # small networks: threads only synchronize
+        torch.manual_seed(config.seed)
+        model = models.make_resnet(
+            depth=depth, widths=tuple(widths), norm=norm, block=block, skipinit=variant == "skipinit",
+            in_channels=train_set.channels, num_classes=train_set.num_classes, **norm_opts,
+        )  # fmt: skip
+        result = train_loop(model, train_set, test_set, config)
+    losses = result.history["loss"].to_numpy(dtype=float)
+    tail = losses[-max(1, len(losses) // 10) :]
+    final = float("nan") if result.diverged else float(np.mean(tail))
+    return {
+        "diverged": bool(result.diverged),
+        "diverged_step": result.diverged_step,
+        "final_loss": final,
+        "failed": run_failed(result.diverged, final, train_set.num_classes),
+        "classes": int(train_set.num_classes),
+        "test_accuracy": float(result.test_accuracy),
+        "steps": int(len(losses)),
+        "spikes": count_spikes(losses),
+        "loss": [float(v) for v in losses],
+    }
+
+
+def training_seed(config: Mapping[str, Any]) -> int:
+    """The seed of the training runs (data subset, order and initialization), its own stream of the book's seed."""
+    return derive_seed(config["seed"], 51)
+
+
+def training_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The sweep's points: every normalizer of ``train_norms`` with and without SkipInit, one run each, all on the
+    same data (one pass over ``train_steps`` batches) and the same schedule: the peak rate ``train_lr`` (not scaled
+    with the batch), a tenth of it for the last quarter (the paper's schedule), momentum 0.9, weight decay 1e-4."""
+    seed = training_seed(config)
+    images = config["train_batch_size"] * config["train_steps"]
+    train = TrainConfig(
+        lr=config["train_lr"], lr_scale_with_batch=False, batch_size=config["train_batch_size"], epochs=1,
+        device=config["device"], seed=seed,
+    ).to_dict()  # fmt: skip
+    if config["dataset"] == "synthetic":  # Gaussian images (tests): as many as the steps take
+        dataset = {"name": "synthetic", "size": images, "test_size": EVAL_IMAGES}
+    else:
+        dataset = {"name": config["dataset"], "subset": images, "test_subset": EVAL_IMAGES}
+    return [
+        {
+            "norm": norm,
+            "variant": variant,
+            "depth": config["train_depth"],
+            "widths": list(config["train_widths"]),
+            "block": config["block"],
+            "downsample": config["downsample"],
+            "dataset": dataset,
+            "train": train,
+            "norm_opts": norm_options(norm, config),
+        }  # fmt: skip
+        for norm in config["train_norms"]
+        for variant in TRAIN_VARIANTS
+    ]
+
+
+def measure_training(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> pd.DataFrame:
+    """One row per training run: ``norm, variant, diverged, diverged_step, final_loss, failed, classes,
+    test_accuracy, steps, spikes, loss`` (the loss of every step)."""
+    grid = training_grid(config)
+    swept = sweep(train_point, grid, executor=executor, cache=cache, progress=False, desc="ResNets in training")
+    outcome = pd.DataFrame(list(swept["result"]))
+    return pd.concat([swept[["norm", "variant"]].reset_index(drop=True), outcome], axis=1)
+
+
+def split_measurement(measured: Any) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``(streams, training runs)`` of a measurement: the dict :meth:`StableForward.compute` returns, or a bare
+    frame of streams (no training runs)."""
+    if isinstance(measured, pd.DataFrame):
+        return measured, None
+    return measured["streams"], measured.get("train")
+
+
+def needs_skipinit(norm: str, block: str = "post") -> bool:
+    """Whether property A says ``norm`` needs SkipInit to train: its plain stream grows exponentially."""
+    return law(norm, "plain", block) == "exponential"
+
+
+def outcome(train: pd.DataFrame, norm: str, variant: str) -> bool:
+    """Whether the run of ``norm`` with ``variant`` failed (diverged or did not learn)."""
+    rows = train[(train.norm == norm) & (train.variant == variant)]
+    return bool(rows["failed"].all()) if len(rows) else True
+
+
+def criterion_training(norm: str, plain_failed: bool, skipinit_failed: bool, block: str = "post") -> bool:
+    """The claim for ``norm`` in training: a normalizer that needs SkipInit (:func:`needs_skipinit`) fails without it
+    and trains with it; any other trains either way."""
+    if needs_skipinit(norm, block):
+        return bool(plain_failed and not skipinit_failed)
+    return bool(not plain_failed and not skipinit_failed)
+
+
+#: Why A.train.wn reads "not reproduced" at the book's defaults.
+TRAIN_WN_REASON = (
+    "with SkipInit the WN ResNet still diverges: in this book's post-activation block WN's scaled ReLU sits after "
+    "the residual sum and multiplies the stream's second moment by about 2.9 at every block even with the branch "
+    "switched off (A.rescaled.wn, A.flat.wn), so the remedy does not reach the stream; the authors' WN experiments "
+    "used an activation-before-sum block that normlib does not build"
+)
+
+
+def training_rows(config: Mapping[str, Any], train: pd.DataFrame) -> list[claims.ClaimCheck]:
+    """``A.train.<norm>`` for every trained normalizer: the two runs end as property A says (a parametric normalizer
+    fails without SkipInit and trains with it; an activation-based one trains either way). Measured: how many of
+    the two runs end as claimed. The alternative of a row that needs SkipInit is "SkipInit changes nothing" (the
+    SkipInit run ends as the plain one did); of the others, "it needs SkipInit like a parametric normalizer" (the
+    plain run fails)."""
+    rows = []
+    block = config["block"]
+    for norm in config["train_norms"]:
+        title = layers.norm_info(norm).title
+        plain, skip = outcome(train, norm, "plain"), outcome(train, norm, "skipinit")
+        need = needs_skipinit(norm, block)
+        as_claimed = int(plain == need) + int(not skip)
+        rule = (
+            "a run fails when it diverges or its loss over the last tenth of the steps is >= "
+            "0.95 ln(classes); measured: runs of 2 that end as claimed"
+        )
+        if need:
+            statement = (
+                f"a ResNet-{config['train_depth']} with {title} fails to train without SkipInit and trains with it "
+                f"({rule})"
+            )
+            alternative = (
+                "SkipInit changes nothing: the SkipInit run ends as the plain one did",
+                criterion_training(norm, plain, plain, block),
+            )
+        else:
+            statement = f"a ResNet-{config['train_depth']} with {title} trains with and without SkipInit ({rule})"
+            alternative = (
+                f"{title} needs SkipInit like a parametric normalizer: the plain run fails",
+                criterion_training(norm, True, skip, block),
+            )
+        wn_post = norm == "wn" and block == "post"
+        rows.append(
+            claims.check_true(
+                f"A.train.{norm}", PAPER, statement, 2.0, float(as_claimed),
+                criterion_training(norm, plain, skip, block), "both runs end as claimed", kind="paper",
+                alternative=alternative, expected=not wn_post, reason=TRAIN_WN_REASON if wn_post else "",
+            )
+        )  # fmt: skip
+    return rows
+
+
 class StableForward(Experiment):
     """Principle A: the residual stream of a ResNet at initialization, against the mean-field model."""
 
@@ -470,18 +723,19 @@ class StableForward(Experiment):
         "depth",
         "widths",
         "block",
-        "group_size",
         "batch_size",
         "image_size",
         "repeats",
-        "alpha",
+        "train_norms",
+        "train_depth",
+        "train_steps",
         "seed",
-        "device",
     )
 
-    def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> pd.DataFrame:
-        """:func:`measure_streams` (one process: each network is a single forward pass)."""
-        return measure_streams(config)
+    def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
+        """``{"streams": ..., "train": ...}``: :func:`measure_streams` (one process: each network is a single forward
+        pass) and :func:`measure_training` (on ``executor``, its runs cached one by one)."""
+        return {"streams": measure_streams(config), "train": measure_training(config, executor, cache)}
 
     def predict(self, config: Config, measured: Any = None, *, theory: Any = default_theory) -> Predictions:
         """``curves``: the predicted second moment after the stem and every block, by (normalizer, variant);
@@ -494,7 +748,9 @@ class StableForward(Experiment):
 
     def check(self, config: Config, measured: pd.DataFrame, predicted: Predictions) -> list[claims.ClaimCheck]:
         """For every (normalizer, variant) run, the statistic that separates its law from its alternative, measured
-        against the mean-field model (see :data:`STATISTIC_WORDS`). Rows that hold by construction are identities."""
+        against the mean-field model (see :data:`STATISTIC_WORDS`). Rows that hold by construction are identities.
+        Then the training rows :func:`training_rows`, when ``measured`` holds training runs."""
+        measured, train = split_measurement(measured)
         checks = []
         block = config["block"]
         for norm, variant in runs(config):
@@ -554,6 +810,8 @@ class StableForward(Experiment):
                          ("no restart: the downsampling block grows the stream like any other (mean-field model)",
                           growth(config, model)), paper=NF_PAPER)
                 )  # fmt: skip
+        if train is not None:
+            checks += training_rows(config, train)
         return checks
 
 
