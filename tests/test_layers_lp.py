@@ -124,6 +124,22 @@ def test_l1_output_has_unit_scale_on_gaussian_data():
     assert abs(y.std().item() - 1) < 0.01 and abs(y.mean().item()) < 1e-10
 
 
+def test_l1_c_factor_scales_the_output_and_only_the_output():
+    torch.manual_seed(3)
+    x = torch.randn(16, 4, 8, 8, dtype=torch.float64) * 3 + 1
+    plain, quarter = L1BatchNorm2d(4).double(), L1BatchNorm2d(4, c_factor=0.25).double()
+    y, y4 = plain(x), quarter(x)
+    assert torch.allclose(y4, 4 * y, rtol=1e-4)  # C/4: outputs four times larger (eps aside)
+    # the running deviation holds the scaled deviation: 0.9 * 1 + 0.1 * (C_L1 * f * mean|x - mu|)
+    assert torch.allclose(quarter.running_dev - 0.9, 0.25 * (plain.running_dev - 0.9), rtol=1e-6)
+    assert torch.allclose(quarter.running_mean, plain.running_mean)
+    assert "c_factor=0.25" in repr(quarter) and "c_factor" not in repr(plain)
+    assert make_norm("l1bn", 4, c_factor=4.0).c_factor == 4.0
+    for bad in (0, -1.0, float("inf"), "2"):
+        with pytest.raises(ValueError, match="c_factor must be a finite number > 0"):
+            L1BatchNorm2d(4, c_factor=bad)
+
+
 def test_mean_only_batch_norm(x):
     m = randomize(MeanBatchNorm2d(C, momentum=0.2))
     mean = columns(x).mean(dim=1)
@@ -221,7 +237,7 @@ def test_registry_entries():
 @pytest.mark.parametrize(
     "name, opts, allowed",
     [
-        ("l1bn", {"k": 2}, "eps, momentum, track_running_stats"),
+        ("l1bn", {"k": 2}, "eps, momentum, track_running_stats, c_factor"),
         ("linfbn", {"k": 2}, "eps, momentum, track_running_stats"),
         ("topkbn", {"groups": 2}, "k, eps, momentum, track_running_stats"),
         ("bwn", {"eps": 1e-3}, "momentum, track_running_stats"),

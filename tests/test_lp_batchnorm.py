@@ -31,6 +31,7 @@ TINY = dict(
     width=8,
     batch_size=32,
     repeats=2,
+    ablation_width=2,
     **SYNTH,
 )
 
@@ -116,19 +117,23 @@ def test_measurement_is_tidy_and_deterministic(tiny):
         "fp16",
         "fp16_layers",
         "fp16_eval",
+        "ablation",
         "half",
     }
     constants = measured["constants"]
     assert set(constants.deviation) == set(lb.DEVIATIONS) and set(constants.n) == {16, 200}
     assert set(measured["thresholds"].kind) == {"l2", "l1"} and len(measured["thresholds"]) == 2 * 2 * 2
     train = measured["train"]
-    assert list(zip(train.norm, train.arm, train.repeat)) == lb.training_runs(config)
+    assert lb.shares_twins(config)  # weight decay of the float16 runs = the chapter's: L2 and L1 are the twins
+    own = train[~train.twin]
+    assert list(zip(own.norm, own.arm, own.repeat)) == lb.training_runs(config)
+    assert set(train[train.twin].norm) == {"bn", "l1bn"} and not {"bn", "l1bn"} & set(own.norm)
     assert len(train) == 5 * 2 + 1 + 2  # four Lp norms and BWN at two seeds, WN at lr, WN and BWN at wn_lr
     assert set(train[train.repeat == 1].norm) == {*lb.LP_NORMS, "bwn"}
     assert set(train[train.arm == "wn_lr"].lr) == {config["wn_lr"]} != {config["lr"]}
     fp16 = measured["fp16"]
     assert list(zip(fp16.norm, fp16.stats, fp16.repeat)) == lb.fp16_runs(config)
-    assert len(fp16) == 2 + 2 * 2  # L2 at one seed, L1 at two, each with float16 and float32 statistics
+    assert len(fp16) == 1 + 2 + 2 * 2  # float16 L2 at one seed, L1 at two; float32 twins of both at two
     assert len(measured["fp16_eval"]) == 2 * len(config["eval_scales"]) * 2  # norms x scales x buffer dtypes
     assert not len(measured["half"]) and "CUDA" in measured["half"].attrs["skipped"]
     assert train[train.repeat == 0].seed.unique().tolist() == [config["seed"]]
@@ -140,10 +145,38 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     pd.testing.assert_frame_equal(measured["train"][cols], again["train"][cols])
     fp16_cols = ["norm", "stats", "diverged", "final_loss", "test_accuracy", "steps"]
     pd.testing.assert_frame_equal(measured["fp16"][fp16_cols], again["fp16"][fp16_cols])
+    ablation = measured["ablation"]
+    assert list(zip(ablation.factor, ablation.repeat)) == lb.ablation_runs(config) and len(ablation) == 3 * 2
+    assert ablation.groupby("repeat").seed.nunique().eq(1).all()  # the factors share each repeat's seed
+    assert not set(ablation.seed) & set(train.seed)  # independent of the chapter's other runs
+    ab_cols = ["factor", "seed", "test_accuracy"]
+    pd.testing.assert_frame_equal(ablation[ab_cols], again["ablation"][ab_cols])
+
+
+def test_separate_twins_when_the_weight_decays_differ(tiny):
+    config = chapter.resolve("book", **{**TINY, "fp16_weight_decay": 0.0})
+    assert not lb.shares_twins(config)
+    assert {"bn", "l1bn"} <= {n for n, _, _ in lb.training_runs(config)}
+    assert [r for r in lb.fp16_runs(config) if r[:2] == ("bn", "fp32")] == [("bn", "fp32", 0)]
+
+
+def test_c_factors_must_hold_the_papers_constant():
+    with pytest.raises(ParameterError, match="parameter 'c_factors'"):
+        chapter.resolve("book", c_factors=[0.25, 4.0])
+    assert lb.ablation_runs(chapter.resolve("book", c_factors=[1.0])) == []
 
 
 #: The rows expected "not reproduced" at the book's defaults.
-EXPECTED_NOT_REPRODUCED = {"L.l2_fp32_acc", "L.bwn_vs_wn", "L.topk_vs_l2"}
+EXPECTED_NOT_REPRODUCED = {
+    "L.l2_fp32_acc",
+    "L.bwn_vs_wn",
+    "L.topk_vs_l2",
+    "L.c_l1_x0p25",
+    "L.l1_vs_l2",
+    "L.linf_vs_l2",
+    "L.bwn_vs_bn",
+    "L.fp16_l1_trains",
+}
 
 ROWS = {
     "L.c_l1": "known",
@@ -160,9 +193,11 @@ ROWS = {
     "L.bwn_vs_bn": "paper",
     "L.bwn_vs_wn": "paper",
     "L.fp16_l2_fails": "derived",
-    "L.fp16_l1_beats_l2": "derived",
+    "L.fp16_l1_trains": "derived",
     "L.fp16_onset": "identity",
     "L.fp16_eval": "identity",
+    "L.c_l1_x0p25": "paper",
+    "L.c_l1_x4": "paper",
 }
 
 
@@ -322,8 +357,19 @@ def with_fp16(measured, accuracies=None, diverged=()):
     return {**measured, "fp16": runs, "fp16_layers": pd.DataFrame(layers_), "fp16_eval": pd.DataFrame(evals)}
 
 
+def with_ablation(measured, accuracies=None, diverged=()):
+    """The tiny measurement with the ablation's test accuracies set per factor (default: the paper's constant 0.8,
+    the others 0.7); factors in ``diverged`` diverged."""
+    accuracies = accuracies or {0.25: 0.7, 1.0: 0.8, 4.0: 0.7}
+    ab = measured["ablation"].copy()
+    for i, row in ab.iterrows():
+        gone = row["factor"] in diverged
+        ab.loc[i, ["test_accuracy", "diverged"]] = [math.nan if gone else accuracies[row["factor"]], gone]
+    return {**measured, "ablation": ab}
+
+
 def good(measured):
-    return with_fp16(with_accuracies(measured, GOOD))
+    return with_ablation(with_fp16(with_accuracies(measured, GOOD)))
 
 
 def test_every_row_has_a_kind_and_an_alternative_that_fails(tiny):
@@ -348,7 +394,7 @@ def test_training_comparisons_fail_under_their_alternatives_and_need_every_arm(t
     worse = {
         "L.l1_vs_l2": {("l1bn", "book_lr"): 0.8 - lost},
         "L.topk_vs_l2": {("topkbn", "book_lr"): 0.8 - lost},
-        "L.bwn_vs_bn": {("bwn", "book_lr"): 0.8 - lb.BWN_BN_GAP - lb.ACC_MARGIN},
+        "L.bwn_vs_bn": {("bwn", "book_lr"): 0.8 - lost},
         "L.bwn_vs_wn": {("bwn", "wn_lr"): 0.7 - lost},
     }
     for cid, change in worse.items():
@@ -361,9 +407,16 @@ def test_training_comparisons_fail_under_their_alternatives_and_need_every_arm(t
     # bounded WN: the mean over its seeds
     bwn_low = rows_of(config, with_accuracies(measured, GOOD | {("bwn", "book_lr", 1): 0.79 - 2 * lost}))
     assert not bwn_low["L.bwn_vs_bn"].passed
-    # the mean over seeds: one bad seed of L1 can sink the mean
+    # the paired mean over seeds less two standard errors: one bad seed of L1 sinks it
     mean_low = rows_of(config, with_accuracies(measured, GOOD | {("l1bn", "book_lr", 1): 0.79 - 2 * lost}))
-    assert not mean_low["L.l1_vs_l2"].passed and mean_low["L.l1_vs_l2"].measured == pytest.approx(0.79 - lost)
+    assert not mean_low["L.l1_vs_l2"].passed
+    assert mean_low["L.l1_vs_l2"].measured == pytest.approx(lb.equivalence_bound([-0.01, -0.01 - 2 * lost]))
+    # equal means, but seeds that spread: within the margin is not shown
+    spread = {("l1bn", "book_lr", 0): 0.85, ("l1bn", "book_lr", 1): 0.75}
+    assert not rows_of(config, with_accuracies(measured, GOOD | spread))["L.l1_vs_l2"].passed
+    # the same spread, seed for seed in both arms, cancels in the pairs
+    both = spread | {("bn", "book_lr", 0): 0.86, ("bn", "book_lr", 1): 0.76}
+    assert rows_of(config, with_accuracies(measured, GOOD | both))["L.l1_vs_l2"].passed
     # a comparison counts only when every arm trained: a diverged WN no longer makes bounded WN "win"
     for diverged, cid in (({("wn", "wn_lr")}, "L.bwn_vs_wn"), ({("bn", "book_lr")}, "L.bwn_vs_bn")):
         assert not rows_of(config, with_accuracies(measured, GOOD, diverged))[cid].passed, cid
@@ -375,18 +428,22 @@ def test_training_comparisons_fail_under_their_alternatives_and_need_every_arm(t
 def test_float16_training_rows_fail_under_their_alternatives(tiny):
     config, measured = tiny
     rows = rows_of(config, good(measured))
-    for cid in ("L.fp16_l2_fails", "L.fp16_l1_beats_l2", "L.fp16_onset", "L.fp16_eval"):
+    for cid in ("L.fp16_l2_fails", "L.fp16_l1_trains", "L.fp16_onset", "L.fp16_eval"):
         assert rows[cid].passed and rows[cid].alternative_passed is False, cid
     # L2 trains with float16 statistics as in float32: the paper's failure is absent
     assert not rows_of(config, with_fp16(measured, {("bn", "fp16"): 0.8}))["L.fp16_l2_fails"].passed
     # a diverged float16 L2 run is the paper's failure; a diverged twin is no comparison
     assert rows_of(config, with_fp16(measured, diverged={("bn", "fp16")}))["L.fp16_l2_fails"].passed
     assert not rows_of(config, with_fp16(measured, diverged={("bn", "fp32")}))["L.fp16_l2_fails"].passed
-    # L1 fails with float16 statistics as L2 does: no lead
-    same = with_fp16(measured, {("bn", "fp16"): 0.1, ("l1bn", "fp16"): 0.1 + lb.ACC_MARGIN})
-    assert not rows_of(config, same)["L.fp16_l1_beats_l2"].passed
-    # a diverged L1 run counts at chance, not as missing
-    assert not rows_of(config, with_fp16(measured, diverged={("l1bn", "fp16")}))["L.fp16_l1_beats_l2"].passed
+    # L1 fails with float16 statistics as L2 does (its alternative, measured)
+    same = rows_of(config, with_fp16(measured, {("bn", "fp16"): 0.1, ("l1bn", "fp16"): 0.1}))["L.fp16_l1_trains"]
+    assert not same.passed and same.measured == pytest.approx(same.alternative_value)
+    # L1 loses more than the margin against its float32 twins; a diverged L1 run is a failure, not a missing value
+    lost = with_fp16(measured, {("bn", "fp16"): 0.1, ("l1bn", "fp16"): 0.8 - 1.5 * lb.ACC_MARGIN})
+    assert not rows_of(config, lost)["L.fp16_l1_trains"].passed
+    assert not rows_of(config, with_fp16(measured, diverged={("l1bn", "fp16")}))["L.fp16_l1_trains"].passed
+    # and a diverged twin is no comparison
+    assert not rows_of(config, with_fp16(measured, diverged={("l1bn", "fp32")}))["L.fp16_l1_trains"].passed
     # an overflow where the sums are small (step 0 of layer 1) is not the chapter's law
     fake = good(measured)
     layers_ = fake["fp16_layers"].copy()
@@ -438,6 +495,7 @@ def test_run_executes_the_notebook_with_papermill(run_notebook):
             "norms": "bn,l1bn,bwn",
             "eval_scales": [1, 300],
             "width": 4,
+            "ablation_width": 2,
             "dataset": "synthetic",
             "subset": 32,
             "test_subset": 16,
@@ -448,6 +506,33 @@ def test_run_executes_the_notebook_with_papermill(run_notebook):
     assert len(list((run_dir / "figures").glob("*.png"))) >= 3
     records = json.loads((run_dir / "claims.json").read_text())
     ids = {r["id"] for r in records}
-    assert {"L.c_l1", "L.overflow_l2.s4", "L.l1_survives", "L.l2_fp32_acc", "L.l1_vs_l2", "L.fp16_l1_beats_l2"} <= ids
+    assert {"L.c_l1", "L.overflow_l2.s4", "L.l1_survives", "L.l2_fp32_acc", "L.l1_vs_l2", "L.fp16_l1_trains"} <= ids
+    assert {"L.c_l1_x0p25", "L.c_l1_x4"} <= ids
     assert "L.bwn_vs_wn" not in ids and "L.linf_vs_l2" not in ids
     assert json.loads((run_dir / "parameters.json").read_text())["width"] == 4
+
+
+def test_ablation_rows_fail_under_their_alternative_and_need_every_run(tiny):
+    config, measured = tiny
+    rows = rows_of(config, with_ablation(measured))
+    assert rows["L.c_l1_x4"].passed and rows["L.c_l1_x0p25"].passed
+    assert rows["L.c_l1_x4"].measured == pytest.approx(0.1)
+    # the constant does not matter (gamma absorbs it): no difference
+    flat = rows_of(config, with_ablation(measured, {0.25: 0.8, 1.0: 0.8, 4.0: 0.8}))
+    assert not flat["L.c_l1_x4"].passed and not flat["L.c_l1_x0p25"].passed
+    # a lead within the noise margin is not "better"
+    near = rows_of(config, with_ablation(measured, {0.25: 0.79, 1.0: 0.8, 4.0: 0.79}))
+    assert not near["L.c_l1_x4"].passed
+    # a diverged run of the paper's constant, or of the other factor, fails the row
+    assert not rows_of(config, with_ablation(measured, diverged={1.0}))["L.c_l1_x4"].passed
+    assert not rows_of(config, with_ablation(measured, diverged={4.0}))["L.c_l1_x4"].passed
+    table = lb.ablation_table(with_ablation(measured))
+    assert list(table.factor) == [0.25, 1.0, 4.0] and table.paper_accuracy.tolist() == [64.0, 66.2, 64.7]
+    none = chapter.resolve("book", **{**TINY, "c_factors": [1.0]})
+    assert not lb._ablation_checks(none, {"ablation": measured["ablation"].iloc[:0]})
+
+
+def test_equivalence_bound():
+    assert lb.equivalence_bound([0.01, 0.03]) == pytest.approx(0.02 - lb.EQUIV_SE * 0.01)
+    assert lb.equivalence_bound([0.01, 0.03], shift=-0.02) == pytest.approx(-lb.EQUIV_SE * 0.01)
+    assert math.isnan(lb.equivalence_bound([0.01])) and math.isnan(lb.equivalence_bound([0.01, math.nan]))

@@ -320,6 +320,7 @@ class L1BatchNorm2d(_DeviationBatchNorm2d):
         momentum: weight of the new batch in the running statistics. Default: 0.1
         track_running_stats: keep running statistics for eval mode; without them eval mode
             uses the batch statistics too. Default: True
+        c_factor: multiplies :math:`C_{L^1}` (the paper's ablation of the constant: 1/4, 1, 4). Default: 1
         device, dtype: where and in which dtype the parameters and buffers are created
 
     Shape:
@@ -327,8 +328,27 @@ class L1BatchNorm2d(_DeviationBatchNorm2d):
         - Output: :math:`(N, C, H, W)` (same shape as input)
     """
 
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = EPS,
+        momentum: float = 0.1,
+        track_running_stats: bool = True,
+        c_factor: float = 1.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        if not (isinstance(c_factor, (int, float)) and math.isfinite(c_factor) and c_factor > 0):
+            raise ValueError(f"c_factor must be a finite number > 0, got {c_factor!r}")
+        super().__init__(num_channels, eps, momentum, track_running_stats, device=device, dtype=dtype)
+        self.c_factor = float(c_factor)
+
     def scaled_deviation(self, centred: Tensor) -> Tensor:
-        return centred.abs().mean(dim=(0, 2, 3)) * L1_CONSTANT
+        return centred.abs().mean(dim=(0, 2, 3)) * (L1_CONSTANT * self.c_factor)
+
+    def extra_repr(self) -> str:
+        factor = f", c_factor={self.c_factor:g}" if self.c_factor != 1 else ""
+        return f"{self.num_channels}, eps={self.eps}{factor}, {self._running_stats_repr()}"
 
 
 class TopkBatchNorm2d(_DeviationBatchNorm2d):
