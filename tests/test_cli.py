@@ -15,6 +15,9 @@ from normlib.experiments import stable_forward as sf
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "-p",
+    "train_steps",
+    "0",
+    "-p",
     "norms",
     "bn,sws",
     "-p",
@@ -111,7 +114,15 @@ class TinyStableForward(sf.StableForward):
 
     def resolve(self, preset="book", **overrides):
         return super().resolve(
-            preset, norms=["bn"], depth=20, widths=[8, 8, 8], batch_size=4, image_size=8, repeats=1, variants=["plain"]
+            preset,
+            norms=["bn"],
+            depth=20,
+            widths=[8, 8, 8],
+            batch_size=4,
+            image_size=8,
+            repeats=1,
+            variants=["plain"],
+            train_steps=0,
         )
 
     def predict(self, config, measured=None, *, theory=sf.default_theory):

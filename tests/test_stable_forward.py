@@ -360,6 +360,13 @@ def test_wn_passes_when_skipinit_rescues_it():
     assert training_verdicts(config, {**BOOK_OUTCOMES, ("wn", "skipinit"): False})["A.train.wn"].passed
 
 
+def test_no_training_runs_and_no_training_rows_at_zero_steps():
+    config = chapter.resolve("book", **{**SMALL, "norms": ["bn"], "variants": ["plain"], "train_steps": 0})
+    measured = chapter.measure(config, executor="serial", cache=False)
+    assert measured["train"] is None
+    assert not [c for c in chapter.check(config, measured, chapter.predict(config)) if c.id.startswith("A.train.")]
+
+
 def test_training_grid_fixes_the_schedule_before_looking():
     config = chapter.resolve("book")
     grid = sf.training_grid(config)

@@ -70,6 +70,11 @@ def _check_groups(config: Mapping[str, Any]) -> None:
 
 def _check_training(config: Mapping[str, Any]) -> None:
     """The trained ResNet's depth is 6n+2 and it has three stage widths."""
+    if 0 < config["train_steps"] < 10:
+        raise ParameterError(
+            f"parameter 'train_steps': invalid value {config['train_steps']!r}; allowed: 0 (no training) or at least "
+            "10 (the failure rule averages the last tenth of the steps)"
+        )
     depth = config["train_depth"]
     if (depth - 2) % 6 != 0:
         raise ParameterError(
@@ -109,7 +114,12 @@ SPEC = ParamSpec(
         Param("train_depth", "int", "depth 6n+2 of the trained ResNet", minimum=8, maximum=602),
         Param("train_widths", "int_list", "stage widths of the trained ResNet", minimum=1),
         Param("train_batch_size", "int", "images per SGD step in training", minimum=2),
-        Param("train_steps", "int", "SGD steps of each training run (one pass over that many batches)", minimum=10),
+        Param(
+            "train_steps",
+            "int",
+            "SGD steps of each training run (one pass over that many batches; 0: no training runs, no A.train rows)",
+            minimum=0,
+        ),
         Param(
             "train_lr",
             "float",
@@ -735,7 +745,8 @@ class StableForward(Experiment):
     def compute(self, config: Config, *, executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
         """``{"streams": ..., "train": ...}``: :func:`measure_streams` (one process: each network is a single forward
         pass) and :func:`measure_training` (on ``executor``, its runs cached one by one)."""
-        return {"streams": measure_streams(config), "train": measure_training(config, executor, cache)}
+        train = measure_training(config, executor, cache) if config["train_steps"] else None
+        return {"streams": measure_streams(config), "train": train}
 
     def predict(self, config: Config, measured: Any = None, *, theory: Any = default_theory) -> Predictions:
         """``curves``: the predicted second moment after the stem and every block, by (normalizer, variant);
