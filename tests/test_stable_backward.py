@@ -33,6 +33,7 @@ TINY = dict(
     step_sizes=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
     step_draws=2,
     train_seeds=1,
+    large_batch=32,
     **SYNTH,
 )
 
@@ -116,6 +117,13 @@ def test_measurement_is_tidy_and_deterministic(tiny):
     pd.testing.assert_frame_equal(init, again["init"])
     pd.testing.assert_frame_equal(one_step, again["one_step"])
     pd.testing.assert_frame_equal(train.drop(columns="loss"), again["train"].drop(columns="loss"))
+    large = measured["large_batch"]
+    assert len(large) == 1 and large.batch_size.iloc[0] == 32 and large.group_size.iloc[0] == 1
+    # the same peak step and number of steps as the smallest batch's lowest rate
+    small = train[(train.group_size == 1) & (train.lr == min(config["learning_rates"]))]
+    assert large.peak_lr.iloc[0] == pytest.approx(small.peak_lr.iloc[0])
+    assert large.steps.iloc[0] == sb.small_batch_steps(config) or large.diverged.iloc[0]
+    assert sb.small_batch_steps(config) == 64 // 16
 
 
 def test_every_row_has_a_kind_and_an_alternative(tiny):
@@ -123,7 +131,7 @@ def test_every_row_has_a_kind_and_an_alternative(tiny):
     checks = chapter.check(config, measured, chapter.predict(config, measured))
     ids = {c.id for c in checks}
     assert {"C.bn", "C.order", "C.mean_field.gn1", "C.mean_field.gn16", "C.in_size_grows"} <= ids
-    assert {"C.step_order", "C.critical_lr", "C.speed"} <= ids and "C.diverge" not in ids
+    assert {"C.step_order", "C.critical_lr", "C.speed", "C.small_batch"} <= ids and "C.diverge" not in ids
     assert "C.in_size.2" in ids and "C.in_size.8" not in ids  # 8x8: the law cannot be told from pi/(pi-1)
     for check in checks:
         assert check.kind in ("paper", "derived", "known", "identity"), check.id
@@ -137,6 +145,7 @@ def test_every_row_has_a_kind_and_an_alternative(tiny):
     expected = {c.id: c.expected for c in checks}
     assert not expected["C.in_size.2"]
     assert not expected["C.step_order"] and not expected["C.critical_lr"] and not expected["C.speed"]
+    assert not expected["C.small_batch"] and "slowness" in {c.id: c for c in checks}["C.small_batch"].reason
     assert expected["C.mean_field.gn1"] and expected["C.mean_field.gn16"]  # both ends of the range (width 16)
 
 
@@ -371,6 +380,43 @@ def test_speed_row_flips_when_speed_does_not_depend_on_the_group(book):
     assert verdicts(config, predicted, model, train=slow_small)["C.speed"] is False
 
 
+def large_frame(failed):
+    """The large-batch run of C.small_batch: InstanceNorm failed (loss at chance) or learned."""
+    return pd.DataFrame([{"group_size": 1, "batch_size": 256, "diverged": False, "final_loss": 2.3 if failed else 0.8,
+                          "failed": failed, "classes": 10}])  # fmt: skip
+
+
+def small_batch_row(book, in_small=True, ln_small=False, in_large=False):
+    """C.small_batch on a grid where InstanceNorm fails at every rate (or learns at every one), LayerNorm fails from
+    the middle rate (or at every one) and the groups between never, and the large-batch run as given."""
+    config, predicted, model = book
+    lrs, m = sorted(config["learning_rates"]), len(config["group_sizes"])
+    critical = [lrs[0] if in_small else np.inf] + [np.inf] * (m - 2) + [lrs[0] if ln_small else lrs[1]]
+    measured = {"init": init_from_factors(config, model), "one_step": one_step_frame(config),
+                "train": train_frame(config, critical=critical), "large_batch": large_frame(in_large)}  # fmt: skip
+    return {c.id: c for c in chapter.check(config, measured, predicted)}["C.small_batch"]
+
+
+def test_small_batch_row_passes_when_instancenorm_fails_only_at_the_small_batch(book):
+    row = small_batch_row(book)
+    assert row.passed is True and row.kind == "paper" and row.alternative_passed is False
+    assert "batch size does not change" in row.alternative
+    assert row.measured == pytest.approx(0.8 / np.log(10))
+
+
+@pytest.mark.parametrize(
+    "outcomes",
+    [
+        {"in_large": True},  # the alternative: the batch size does not change InstanceNorm's outcome (the book's)
+        {"in_small": False},  # InstanceNorm learns at the small batch: nothing to explain
+        {"ln_small": True},  # LayerNorm fails too: InstanceNorm equals LayerNorm
+    ],
+)
+def test_small_batch_row_flips_under_its_alternatives(book, outcomes):
+    assert small_batch_row(book, **outcomes).passed is False
+    assert not sb.criterion_small_batch(*{"in_small": True, "ln_small": False, "in_large": False, **outcomes}.values())
+
+
 def test_one_step_helpers():
     steps = [0.5, 1.0, 2.0, 4.0]
     assert sb.critical_step_size(steps, np.array([0.9, 0.95, 1.1, 3.0])) == pytest.approx(
@@ -437,6 +483,9 @@ def test_run_executes_the_notebook_with_papermill(tmp_path):
         "step_draws",
         "2",
         "-p",
+        "large_batch",
+        "32",
+        "-p",
         "train_seeds",
         "1",
         "-p",
@@ -482,6 +531,7 @@ def test_run_executes_the_notebook_with_papermill(tmp_path):
         "C.in_size.2",
         "C.step_order",
         "C.critical_lr",
+        "C.small_batch",
         "C.speed",
     }
     for record in records:  # every row at tiny parameters: a kind, an alternative and its verdict

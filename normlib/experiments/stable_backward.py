@@ -18,6 +18,9 @@ What is measured:
   point one :func:`normlib.train.train_model` run through :func:`normlib.sweep.sweep` (cached, on any executor). A run
   failed when it diverged (a result, recorded with its step) or did not learn (:func:`run_failed`); loss spikes are
   counted.
+* **InstanceNorm at a large batch** (:func:`large_batch_point`): one run at ``large_batch`` with the peak step and the
+  number of steps of the smallest batch's lowest rate, so that ``C.small_batch`` can ask whether InstanceNorm's
+  failure at the small batch is the batch's.
 
 The predictions come from :mod:`normlib.theory.backward`: BatchNorm's :math:`\pi/(\pi-1)` is Yang et al. (2019)'s;
 the group-size law and InstanceNorm's size dependence are derived in this book, not the paper's formulas. Every row
@@ -46,7 +49,7 @@ from normlib.experiments.protocol import Experiment, Predictions
 from normlib.params import Config, Param, ParameterError
 from normlib.runtime import derive_seed, resolve_device, torch_threads
 from normlib.sweep import sweep
-from normlib.train import TrainConfig, load_splits, model_kwargs_for
+from normlib.train import REFERENCE_BATCH, TrainConfig, load_splits, model_kwargs_for
 from normlib.train import train as train_loop
 
 NOTEBOOK = "03_stable_backward"
@@ -119,6 +122,13 @@ OWN_PARAMS = (
     ),
     Param("step_draws", "int", "independent initialization + batch draws of the one-step test", minimum=2),
     Param("train_seeds", "int", "training seeds per point of the training grid", minimum=1),
+    Param(
+        "large_batch",
+        "int",
+        "batch size of the InstanceNorm run that C.small_batch compares with the smallest (same peak step and "
+        "number of steps as the smallest batch's lowest rate)",
+        minimum=2,
+    ),
 )
 
 
@@ -159,6 +169,7 @@ BOOK = {
     "step_sizes": STEP_GRID,
     "step_draws": 6,
     "train_seeds": 2,
+    "large_batch": 256,
     "subset": 512,
     "test_subset": 100,
     "epochs": 1,
@@ -179,6 +190,7 @@ PAPER_VALUES = {
     "step_sizes": STEP_GRID,
     "step_draws": 16,
     "train_seeds": 2,
+    "large_batch": 256,
 }
 
 SPEC = presets.training_spec(
@@ -478,12 +490,65 @@ def _train_frame(config: Mapping[str, Any], classes: int, executor: Any = None, 
     return frame
 
 
+#: Images per epoch assumed when the training split is whole (``subset=None``): the smaller of CIFAR's 50 000 and
+#: Fashion-MNIST's 60 000, so that the large-batch run has enough epochs for its steps.
+_SMALLEST_SPLIT = 50_000
+
+
+def small_batch_steps(config: Mapping[str, Any]) -> int:
+    """Steps of a run of the training grid at the smallest batch (the paper's small-batch rule included)."""
+    bs = min(config["batch_sizes"])
+    tc = presets.train_config(config, batch_size=bs, lr=min(config["learning_rates"]))
+    images = config["subset"] if config["subset"] is not None else _SMALLEST_SPLIT
+    steps = tc.epochs * -(-images // bs)
+    return steps if tc.max_steps is None else min(steps, tc.max_steps)
+
+
+def large_batch_point(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of :func:`train_point` for ``C.small_batch``'s run: InstanceNorm at ``large_batch``, with the
+    peak step of the smallest batch's lowest rate and its number of steps, on as many images as it takes for one
+    pass (training seed: the book's seed, the first of the grid's). One seed only, to fit the CPU budget."""
+    small = min(config["batch_sizes"])
+    large = config["large_batch"]
+    peak = presets.train_config(config, batch_size=small, lr=min(config["learning_rates"])).peak_lr
+    base = peak * large / REFERENCE_BATCH if config["lr_scale_with_batch"] else peak
+    steps = small_batch_steps(config)
+    options = {**presets.dataset_options(config), **_synthetic_options(config)}
+    if config["subset"] is not None:
+        options["subset"] = steps * large
+        epochs = 1
+    else:
+        epochs = -(-steps * large // _SMALLEST_SPLIT)
+    tc = presets.train_config(
+        {**config, "paper_small_batch": False}, batch_size=large, lr=base, epochs=epochs, schedule_epochs=epochs,
+        max_steps=steps, progress=False,
+    )  # fmt: skip
+    return {
+        "group_size": 1, "lr": base, "batch_size": large, "cfg": train_cfg(config), "dataset": options,
+        "train": tc.to_dict(),
+    }  # fmt: skip
+
+
+def _large_batch_frame(config: Mapping[str, Any], classes: int, executor: Any, cache: bool) -> pd.DataFrame:
+    point = large_batch_point(config)
+    swept = sweep(train_point, [point], executor=executor, cache=cache, progress=False, desc="large batch")
+    frame = pd.DataFrame(list(swept["result"]))
+    frame.insert(0, "group_size", 1)
+    frame.insert(1, "batch_size", point["batch_size"])
+    frame.insert(2, "lr", point["lr"])
+    frame["peak_lr"] = TrainConfig(**point["train"]).peak_lr
+    frame["failed"] = [run_failed(d, f, classes) for d, f in zip(frame["diverged"], frame["final_loss"])]
+    frame["classes"] = classes
+    return frame
+
+
 def measure_all(config: Mapping[str, Any], executor: Any = None, cache: bool = True) -> dict[str, pd.DataFrame]:
     """``{"init": ..., "one_step": ..., "train": ...}``: gradient norms at initialization (columns ``run, norm,
     group_size, repeat, layer, grad_norm, image_size``), the one-step test on the network with 2x2 last maps (one
     row per group size and draw: ``grad_sq, initial_loss, alpha_star, ratios``) and one row per training run
     (``group_size, lr, batch_size, train_seed, peak_lr, diverged, diverged_step, final_loss, failed, spikes,
-    test_accuracy, steps, loss``). ``cache`` applies to the training sweep's points."""
+    test_accuracy, steps, loss``), and ``large_batch``, the same for :func:`large_batch_point`'s run. ``cache``
+    applies to the training sweep's points."""
     device = resolve_device(config["device"])
     one_step = _one_step_frame(config, device)
     classes = int(one_step["classes"].iloc[0])
@@ -491,6 +556,7 @@ def measure_all(config: Mapping[str, Any], executor: Any = None, cache: bool = T
         "init": _init_frame(config, device),
         "one_step": one_step,
         "train": _train_frame(config, classes, executor, cache),
+        "large_batch": _large_batch_frame(config, classes, executor, cache),
     }
 
 
@@ -595,6 +661,11 @@ CRITICAL_LR_REASON = (
     "ln(classes)): a failure that the row's rule counts as slowness, not instability, so the critical rate cannot be "
     "ordered; among the groups that learn, the smaller group stops learning at the larger rate, not the smaller"
 )
+SMALL_BATCH_REASON = (
+    "InstanceNorm does not learn at batch 256 either, with the same peak step and the same number of steps (its "
+    "final loss stays at ln(classes)), while LayerNorm learns at batch 16: its failure at batch 16 is the slowness of "
+    "InstanceNorm in this network (chapter 02's puzzle), not an instability of the small batch"
+)
 SPEED_REASON = (
     "in the book's short runs InstanceNorm learns nothing at the lowest rate, while groups of 4 or more do: at this "
     "scale the smallest group is the slowest, not the fastest (on a GPU, 1500 steps of cfg_10, it is the fastest: "
@@ -667,6 +738,26 @@ def criterion_speed(losses: list[float]) -> bool:
     """``C.speed``'s criterion (group sizes ascending): the final loss rises strictly with the group size."""
     v = np.asarray(losses, dtype=float)
     return bool(len(v) >= 2 and np.all(np.isfinite(v)) and np.all(np.diff(v) > 0))
+
+
+def small_batch_outcomes(measured: dict[str, pd.DataFrame], config: Mapping[str, Any]) -> tuple[bool, bool, bool]:
+    """``C.small_batch``'s three outcomes: whether InstanceNorm failed at the smallest batch's lowest rate in every
+    training seed, whether LayerNorm did in any, and whether InstanceNorm's run at ``large_batch`` failed."""
+    train, bs = measured["train"], min(config["batch_sizes"])
+    low = train[(train.batch_size == bs) & np.isclose(train.lr, min(config["learning_rates"]))]
+    instance, layer = low[low.group_size == 1], low[low.group_size == config["width"]]
+    large = measured["large_batch"]
+    return (
+        bool(len(instance) and instance["failed"].all()),
+        bool(not len(layer) or layer["failed"].any()),
+        bool(not len(large) or large["failed"].any()),
+    )
+
+
+def criterion_small_batch(in_small_failed: bool, ln_small_failed: bool, in_large_failed: bool) -> bool:
+    """``C.small_batch``'s criterion: InstanceNorm fails at the small batch where LayerNorm learns, and learns at the
+    large batch with the same peak step and number of steps (so its failure is the small batch's)."""
+    return bool(in_small_failed and not ln_small_failed and not in_large_failed)
 
 
 def alpha_stats(measured: dict[str, pd.DataFrame], group_size: int) -> tuple[float, float, int]:
@@ -956,6 +1047,34 @@ class StableBackward(Experiment):
                 reason=CRITICAL_LR_REASON,
             )
         )
+        if 1 in sizes and config["width"] in sizes and "large_batch" in measured:
+            in_small, ln_small, in_large = small_batch_outcomes(measured, config)
+            large = measured["large_batch"]
+            final = float(large["final_loss"].iloc[0]) if len(large) else float("nan")
+            classes = int(large["classes"].iloc[0]) if len(large) else INIT_CLASSES
+            rows.append(
+                claims.check_true(
+                    "C.small_batch",
+                    PAPER,
+                    f"InstanceNorm is unstable at small batch where LayerNorm is not: at batch {bs} and base rate "
+                    f"{lowest:g} InstanceNorm fails in every training seed (diverges, or ends at a loss >= "
+                    f"{FAILED_LOSS_FRACTION:g} ln(classes)) while LayerNorm learns in every one, and at batch "
+                    f"{config['large_batch']}, with the same peak step and number of steps, InstanceNorm learns "
+                    "(one training seed; measured: its final loss there over ln(classes))",
+                    FAILED_LOSS_FRACTION,
+                    final / np.log(classes) if np.isfinite(final) else float("inf"),
+                    criterion_small_batch(in_small, ln_small, in_large),
+                    "IN fails at the small batch only, LN learns",
+                    kind="paper",
+                    alternative=(
+                        "the batch size does not change InstanceNorm's outcome (its large-batch run ends as its "
+                        "small-batch runs did)",
+                        criterion_small_batch(in_small, ln_small, in_small),
+                    ),
+                    expected=False,
+                    reason=SMALL_BATCH_REASON,
+                )
+            )
         losses = speed_losses(train, bs, lowest, sizes)
         rows.append(
             claims.check_true(
