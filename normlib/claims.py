@@ -80,8 +80,10 @@ class ClaimCheck:
         alternative: the law or value the row must exclude, in words (empty only for an ``identity``).
         alternative_value: the number standing for the alternative (NaN where the caller gave a verdict only).
         alternative_passed: the verdict the row's criterion gives under its alternative (``None``: none given).
-        expected: the verdict the book expects at its defaults.
-        reason: why, when ``expected`` is ``False``.
+        expected: the verdict the book expects at its defaults; ``None``: the book expects it to vary with the
+            seed (a comparison its runs cannot resolve), so no single verdict is a difference, but the same verdict
+            at every seed is (:func:`normlib.scorecard.gate`).
+        reason: why, when ``expected`` is not ``True``.
         low, high: the interval the measurement must fall in to pass (one side infinite for a bound; NaN for a
             verdict computed by the caller).
         judged: ``False`` when the row's precondition failed (:func:`not_judged`): it cannot pass.
@@ -99,7 +101,7 @@ class ClaimCheck:
     alternative: str = ""
     alternative_value: float = math.nan
     alternative_passed: bool | None = None
-    expected: bool = True
+    expected: bool | None = True
     reason: str = ""
     low: float = math.nan
     high: float = math.nan
@@ -111,8 +113,8 @@ class ClaimCheck:
             raise ValueError(f"claim {self.id!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if not self.judged and (self.passed or not self.precondition):
             raise ValueError(f"claim {self.id!r}: a row that is not judged cannot pass and needs its precondition")
-        if not self.expected and not self.reason:
-            raise ValueError(f"claim {self.id!r}: an expected 'not reproduced' needs its reason")
+        if self.expected is not True and not self.reason:
+            raise ValueError(f"claim {self.id!r}: an expected 'not reproduced' (or 'varies') needs its reason")
 
     @property
     def verdict(self) -> str:
@@ -156,7 +158,7 @@ def check_close(
     abs_tol: float | None = None,
     kind: str = "derived",
     alternative: tuple[str, float] | None = None,
-    expected: bool = True,
+    expected: bool | None = True,
     reason: str = "",
 ) -> ClaimCheck:
     """Passes when ``|measured - predicted| <= max(rel_tol * |predicted|, abs_tol)``; a non-finite side fails.
@@ -220,7 +222,7 @@ def check_at_most(
     *,
     kind: str = "derived",
     alternative: tuple[str, float] | None = None,
-    expected: bool = True,
+    expected: bool | None = True,
     reason: str = "",
 ) -> ClaimCheck:
     """Passes when ``measured <= bound``; the bound is reported as the prediction. ``alternative`` is ``(words,
@@ -239,7 +241,7 @@ def check_at_least(
     *,
     kind: str = "derived",
     alternative: tuple[str, float] | None = None,
-    expected: bool = True,
+    expected: bool | None = True,
     reason: str = "",
 ) -> ClaimCheck:
     """Passes when ``measured >= bound``; the bound is reported as the prediction. ``alternative`` is ``(words,
@@ -260,7 +262,7 @@ def check_true(
     *,
     kind: str = "derived",
     alternative: tuple[str, bool] | None = None,
-    expected: bool = True,
+    expected: bool | None = True,
     reason: str = "",
 ) -> ClaimCheck:
     """A check whose verdict was computed by the caller (e.g. an ordering); both sides are still recorded.
@@ -293,8 +295,9 @@ def not_judged(check: ClaimCheck, precondition: str) -> ClaimCheck:
 
 
 def differences(checks: list[ClaimCheck]) -> list[ClaimCheck]:
-    """The rows whose verdict differs from the one the book expects (an unexpected pass included)."""
-    return [c for c in checks if c.passed != c.expected]
+    """The rows whose verdict differs from the one the book expects (an unexpected pass included); a row expected
+    to vary with the seed (``expected=None``) never differs at one seed."""
+    return [c for c in checks if c.expected is not None and c.passed != c.expected]
 
 
 def falsify(checks: list[ClaimCheck]) -> list[ClaimCheck]:

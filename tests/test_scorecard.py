@@ -87,3 +87,11 @@ def test_a_row_judged_at_some_seed_only_is_not_reproduced():
     rows["judged"] = [True, False]
     folded = scorecard.robustness(rows).set_index("id")
     assert folded.loc["A.x", "verdict"] == "not reproduced" and folded.loc["A.x", "seeds_judged"] == 1
+
+
+def test_a_row_expected_to_vary_differs_only_when_it_stops_varying():
+    rows = _rows({("A.x", 0): True, ("A.x", 1): False, ("A.y", 0): True, ("A.y", 1): True})
+    rows["expected"] = pd.Series([None, None, None, None], dtype=object)
+    assert list(scorecard.gate(rows)["id"].unique()) == ["A.y"]
+    folded = scorecard.robustness(rows).set_index("id")
+    assert folded.loc["A.x", "verdict"] == "not reproduced" and folded.loc["A.x", "seeds_reproduced"] == 1
