@@ -88,6 +88,8 @@ class ClaimCheck:
             verdict computed by the caller).
         judged: ``False`` when the row's precondition failed (:func:`not_judged`): it cannot pass.
         precondition: the precondition that failed, in words (empty when judged).
+        expected_judged: whether the book expects the precondition to hold at its defaults; a row expected not
+            judged that is judged (the networks converged) is a difference, whatever its verdict.
     """
 
     id: str
@@ -107,6 +109,7 @@ class ClaimCheck:
     high: float = math.nan
     judged: bool = True
     precondition: str = ""
+    expected_judged: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -295,9 +298,14 @@ def not_judged(check: ClaimCheck, precondition: str) -> ClaimCheck:
 
 
 def differences(checks: list[ClaimCheck]) -> list[ClaimCheck]:
-    """The rows whose verdict differs from the one the book expects (an unexpected pass included); a row expected
-    to vary with the seed (``expected=None``) never differs at one seed."""
-    return [c for c in checks if c.expected is not None and c.passed != c.expected]
+    """The rows whose verdict differs from the one the book expects (an unexpected pass included): judged when
+    expected not judged or the other way round, or judged with another verdict; a row expected to vary with the
+    seed (``expected=None``) never differs at one seed."""
+    return [
+        c
+        for c in checks
+        if c.judged != c.expected_judged or (c.judged and c.expected is not None and c.passed != c.expected)
+    ]
 
 
 def falsify(checks: list[ClaimCheck]) -> list[ClaimCheck]:

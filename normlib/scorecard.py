@@ -63,6 +63,7 @@ COLUMNS = [
     "high",
     "judged",
     "precondition",
+    "expected_judged",
 ]
 
 
@@ -152,10 +153,15 @@ def headline(folded: pd.DataFrame) -> dict[str, int]:
 def gate(rows: pd.DataFrame) -> pd.DataFrame:
     """The (claim, seed) rows whose verdict differs from the verdict the book expects, unexpected passes included.
     A row the book expects to vary with the seed (``expected`` None) differs when it gives the same verdict at
-    every seed evaluated (two or more): then it no longer varies, and its expectation must be revisited."""
+    every seed evaluated (two or more): then it no longer varies, and its expectation must be revisited. A row
+    judged where the book expects it not judged (or the other way round) differs whatever its verdict."""
     varies = rows["expected"].isna()
     expected = rows["expected"].where(~varies, False).astype(bool)
-    differs = ~varies & (rows["passed"].astype(bool) != expected)
+    judged = rows["judged"].astype(bool) if "judged" in rows else pd.Series(True, index=rows.index)
+    expected_judged = (
+        rows["expected_judged"].astype(bool) if "expected_judged" in rows else pd.Series(True, index=rows.index)
+    )
+    differs = (judged != expected_judged) | (judged & ~varies & (rows["passed"].astype(bool) != expected))
     keys = ["notebook", "id"]
     steady = rows[varies].groupby(keys)["passed"].agg(lambda s: len(s) >= 2 and s.nunique() == 1)
     steady_keys = set(steady[steady].index)

@@ -72,3 +72,10 @@ def test_a_row_expected_to_vary_needs_its_reason_and_is_never_a_difference_at_on
         claims.check_at_least("X.y", "paper", "s", 1.0, 2.0, expected=None)
     row = claims.check_at_least("X.y", "paper", "s", 1.0, 2.0, expected=None, reason="three runs cannot resolve it")
     assert row.passed and claims.differences([row]) == []
+
+
+def test_a_row_expected_not_judged_differs_once_judged():
+    row = claims.check_at_least("X.y", "paper", "s", 1.0, 0.0, expected=False, reason="not converged")
+    row = dataclasses.replace(row, expected_judged=False)
+    assert claims.differences([claims.not_judged(row, "not converged")]) == []
+    assert claims.differences([row]) == [row]

@@ -95,3 +95,11 @@ def test_a_row_expected_to_vary_differs_only_when_it_stops_varying():
     assert list(scorecard.gate(rows)["id"].unique()) == ["A.y"]
     folded = scorecard.robustness(rows).set_index("id")
     assert folded.loc["A.x", "verdict"] == "not reproduced" and folded.loc["A.x", "seeds_reproduced"] == 1
+
+
+def test_a_row_expected_not_judged_that_gets_judged_is_a_difference_whatever_its_verdict():
+    rows = _rows({("A.x", 0): False, ("A.x", 1): False})
+    rows["expected"] = False
+    rows["expected_judged"] = False
+    rows["judged"] = [False, True]
+    assert list(scorecard.gate(rows)["seed"]) == [1]

@@ -668,7 +668,12 @@ def criterion_training(norm: str, plain_failed: bool, skipinit_failed: bool, blo
     return bool(not plain_failed and not skipinit_failed)
 
 
-#: Why A.train.wn reads "not reproduced" at the book's defaults.
+#: What A.train.wn needs and the post-activation block does not give: it is not judged there.
+TRAIN_WN_PRECONDITION = (
+    "the authors' WN block, with the activation before the residual sum (normlib's post-activation block puts WN's "
+    "scaled ReLU after the sum, where SkipInit cannot reach it; try -p block pre)"
+)
+#: Why A.train.wn reads "not judged" at the book's defaults.
 TRAIN_WN_REASON = (
     "with SkipInit the WN ResNet still diverges: in this book's post-activation block WN's scaled ReLU sits after "
     "the residual sum and multiplies the stream's second moment by about 2.9 at every block even with the branch "
@@ -710,13 +715,15 @@ def training_rows(config: Mapping[str, Any], train: pd.DataFrame) -> list[claims
                 criterion_training(norm, True, skip, block),
             )
         wn_post = norm == "wn" and block == "post"
-        rows.append(
-            claims.check_true(
-                f"A.train.{norm}", PAPER, statement, 2.0, float(as_claimed),
-                criterion_training(norm, plain, skip, block), "both runs end as claimed", kind="paper",
-                alternative=alternative, expected=not wn_post, reason=TRAIN_WN_REASON if wn_post else "",
-            )
+        row = claims.check_true(
+            f"A.train.{norm}", PAPER, statement, 2.0, float(as_claimed),
+            criterion_training(norm, plain, skip, block), "both runs end as claimed", kind="paper",
+            alternative=alternative, expected=not wn_post, reason=TRAIN_WN_REASON if wn_post else "",
         )  # fmt: skip
+        if wn_post:
+            # The paper's remedy presupposes its own WN block; in this block the row would test the book's block.
+            row = claims.not_judged(dataclasses.replace(row, expected_judged=False), TRAIN_WN_PRECONDITION)
+        rows.append(row)
     return rows
 
 
