@@ -280,6 +280,7 @@ def test_input_dependence_rows_flip_under_their_alternatives(tiny):
 
     as_paper = _with_outputs(measured, lambda n, i, r, y: one_class(y) if n == "none" else diverse(y))
     assert up.input_alikeness(as_paper, "none", "lecun") == pytest.approx(1.0)
+    assert up.input_share(as_paper, "none", "lecun") == pytest.approx(0.0, abs=1e-12)
     rows = _verdicts(config, as_paper)
     assert rows["U.input_dependence"].passed and rows["U.input_dependence_norm"].passed
     assert rows["U.input_dependence"].alternative_passed is False
@@ -292,6 +293,15 @@ def test_input_dependence_rows_flip_under_their_alternatives(tiny):
     assert abs(up.label_alikeness(measured)) < 0.2
     soft = _with_outputs(measured, lambda n, i, r, y: np.tile(np.linspace(0.05, 0.15, 10), (len(y), 1)))
     assert up.input_alikeness(soft, "bn", "lecun") == pytest.approx(1.0)
+    # a common offset with small image-specific parts: the cosine reads nearly 1, the share sees the images' part
+    offset = np.eye(10)[7] * 0.5
+
+    def offset_plus_image(n, i, r, y):
+        p = 0.05 + offset + 0.2 * np.eye(10)[y]
+        return p / p.sum(axis=1, keepdims=True)
+
+    mixed = _with_outputs(measured, offset_plus_image)
+    assert up.input_alikeness(mixed, "bn", "lecun") > 0.5 and up.input_share(mixed, "bn", "lecun") > 0.1
     # the whole gradients' cosine of identical outputs equals the input-independent one: it only sees the labels
     measured_cos, flat = up.gradient_cosines(soft, "bn", "lecun")
     assert measured_cos == pytest.approx(flat)

@@ -525,6 +525,20 @@ def input_alikeness(measured: dict[str, pd.DataFrame], norm: str, init: str) -> 
     return float(np.mean(values))
 
 
+def input_share(measured: dict[str, pd.DataFrame], norm: str, init: str) -> float:
+    r"""How much the output gradients depend on the input: the share of the images' departures from chance
+    :math:`d_i=p_i-1/K` that varies from image to image, :math:`\overline{\|d_i-\bar d\|^2}/\overline{\|d_i\|^2}`,
+    averaged over repeats. 0: every image's output departs from chance identically (input-independent); 1: the
+    departures have no common part. Unlike a cosine it is not driven to 1 by a small common offset when the
+    images' own parts are as large."""
+    values = []
+    for _, p in output_parts(measured, norm, init).values():
+        d = p - 1 / p.shape[1]
+        total = float(np.mean(np.sum(d**2, axis=1)))
+        values.append(float(np.mean(np.sum((d - d.mean(axis=0)) ** 2, axis=1))) / total if total > 0 else 0.0)
+    return float(np.mean(values))
+
+
 def label_alikeness(measured: dict[str, pd.DataFrame]) -> float:
     """:func:`input_alikeness` of a network whose outputs were the labels themselves (:math:`p_i=e_{y_i}`): the
     value for predictions as diverse as the labels (about 0 for a class-balanced batch)."""
@@ -617,8 +631,11 @@ DIVERSE_MAX = 0.5
 #: (mean pairwise cosine), as ONE_CLASS_MIN asks 90 % of the predictions. U.input_dependence_norm: "input-dependent"
 #: with BN, at most 0.5 (the common direction carries at most half of the departure), as DIVERSE_MAX. Both were set
 #: after looking at the measured values (1.00 without a normalizer, 0.70 to 0.96 with BatchNorm, seeds 0-2).
-ALIKE_MIN = 0.9
-ALIKE_MAX = 0.5
+#: U.input_dependence: without a normalizer at most a hundredth of the departures from chance varies with the image
+#: (set after looking: 1e-30 without, 0.11 to 0.27 with BatchNorm at seeds 0-2); U.input_dependence_norm: with one,
+#: at least half does (the common direction carries at most half, as the earlier cosine rows asked).
+INPUT_SHARE_MAX = 0.01
+INPUT_SHARE_MIN = 0.5
 #: The largest singular value at finite N lies below the N -> oo edge: the edge converges like N^(-2/3), with a
 #: constant that grows with M; a Monte-Carlo look at N = 256 and 512 showed deficits of 1 to 4 %. 10 % was chosen
 #: after that look; it still separates M = 1, 3, 5, whose edges (2, 3.08, 3.86) differ by 25 % or more (but not M = 4
@@ -841,30 +858,31 @@ class UnnormalizedPathologies(Experiment):
             )
         )
 
-        alike_none, alike_norm = input_alikeness(measured, BASELINE, init), input_alikeness(measured, norm, init)
+        varying_none, varying_norm = input_share(measured, BASELINE, init), input_share(measured, norm, init)
         checks.append(
-            claims.check_at_least(
+            claims.check_at_most(
                 "U.input_dependence",
                 PAPER,
-                f"without a normalizer ({init} init) the output gradient is input-independent: the part of each "
-                "image's gradient that its output sets, p_i - 1/K, points the same way for every image (mean pairwise "
-                f"cosine similarity at least {ALIKE_MIN:g}; paper's Fig. 6)",
-                ALIKE_MIN,
-                alike_none,
+                f"without a normalizer ({init} init) the output gradient is input-independent: of the images' "
+                "departures from chance p_i - 1/K (the part of dL/dz_i the output sets), at most "
+                f"{INPUT_SHARE_MAX:g} varies from image to image (share of their second moment; paper's Fig. 6)",
+                INPUT_SHARE_MAX,
+                varying_none,
                 kind="paper",
-                alternative=("outputs as diverse as the labels (p_i = e_y, their cosine)", label_alikeness(measured)),
+                alternative=(f"as input-dependent as with {title} (its share, measured)", varying_norm),
             )
         )
         checks.append(
-            claims.check_at_most(
+            claims.check_at_least(
                 "U.input_dependence_norm",
                 PAPER,
-                f"with {title} ({init} init) the output gradients depend on the input: the images' p_i - 1/K are "
-                f"at most {ALIKE_MAX:g} alike (mean pairwise cosine similarity; paper's Fig. 6)",
-                ALIKE_MAX,
-                alike_norm,
+                f"with {title} ({init} init) the output gradients depend on the input: at least "
+                f"{INPUT_SHARE_MIN:g} of the images' departures from chance p_i - 1/K varies from image to image "
+                "(share of their second moment; paper's Fig. 6)",
+                INPUT_SHARE_MIN,
+                varying_norm,
                 kind="paper",
-                alternative=("input-independent as without a normalizer (its cosine, measured)", alike_none),
+                alternative=("input-independent as without a normalizer (its share, measured)", varying_none),
                 expected=False,
                 reason=(
                     "as for U.one_class_norm: the post-activation stream's common positive mean pools into the same "
