@@ -13,8 +13,9 @@ What is measured:
   against the paper's readings for that CNN (Lubana et al. 2021, similarity-speed figure; presumably of the last
   layer, on CIFAR-100 images at batch 256).
 * **Training**: mean training accuracy over the whole training history (the paper's "Mean Train. Acc.") of a CNN
-  trained with each normalizer and group size, against the cosine similarity at its last layer at initialization,
-  measured on the very weights it starts from and on its first training batch.
+  trained with each normalizer of the paper's similarity-speed figure (:data:`PAPER_SET`) and InstanceNorm, against
+  the cosine similarity at its last layer at initialization, measured on the very weights it starts from and on its
+  first training batch; the Pearson r over the paper's set, with a Fisher-z interval.
 
 The predictions come from :mod:`normlib.theory.informative` (a mean-field model derived in this book, not the paper's
 formula). The paper's correlation coefficients and cosines are readings off one of its figures (Lubana et al. 2021).
@@ -50,6 +51,25 @@ TRAIN_CNNS = ("book", "uniform")
 #: The paper's correlation coefficients between cosine similarity at initialization and mean training accuracy,
 #: read off its figure (Lubana et al. 2021; printed there as "R²" but negative, hence correlation coefficients r).
 PAPER_R = {"10-layer CNN": -0.67, "20-layer CNN": -0.66, "ResNet-56": -0.88}
+
+#: The normalizers of the paper's similarity-speed figure (Lubana et al. 2021; InstanceNorm is not in it), by registry
+#: name; ``gn`` is GroupNorm with the authors' 32 groups. Row ``B.similarity_speed_paper_set`` correlates over them:
+#: the set is the paper's, fixed before any run.
+PAPER_SET = ("bn", "ln", "gn", "frn", "vn", "sws", "wn", "evo_b0", "evo_s0")
+
+#: The paper's mean training accuracy (%) of its 10-layer CNN per normalizer, read off the same figure (about +-1;
+#: CIFAR-100, 60 epochs). Shown beside the book's runs; no row compares with it.
+PAPER_TRAIN_ACC_10 = {
+    "evo_s0": 90.8,
+    "evo_b0": 88.7,
+    "bn": 89.7,
+    "sws": 88.3,
+    "frn": 82.3,
+    "vn": 84.5,
+    "gn": 81.8,
+    "ln": 79.9,
+    "wn": 90.1,
+}
 
 #: The paper's cosine similarity at initialization for its 10-layer CNN (``cfg_10``), per normalizer, read off the
 #: same figure (Lubana et al. 2021, about ±0.02; CIFAR-100 images, batch 256). InstanceNorm is not in the figure.
@@ -109,12 +129,19 @@ def train_widths(config: Mapping[str, Any]) -> list[int]:
 def _check_norms(config: Mapping[str, Any]) -> None:
     for name in ("norms", "train_norms"):
         shared_checks.registered_norms(config, name)
-        for norm in config[name]:
-            if norm == "gn":
-                raise ParameterError(
-                    f"parameter {name!r}: invalid value 'gn'; allowed: any other normalizer of "
-                    f"{', '.join(layers.NORM_NAMES)}: GroupNorm is set by the group sizes"
-                )
+    if "gn" in config["norms"]:
+        raise ParameterError(
+            f"parameter 'norms': invalid value 'gn'; allowed: any other normalizer of "
+            f"{', '.join(layers.NORM_NAMES)}: GroupNorm is set by the group sizes"
+        )
+    if "gn" in config["train_norms"]:
+        widths = train_widths(config)
+        if any(w % layers.DEFAULT_GROUPS for w in widths):
+            raise ParameterError(
+                f"parameter 'train_norms': 'gn' is GroupNorm with the authors' {layers.DEFAULT_GROUPS} groups, which "
+                f"do not divide every width {widths} of the {config['train_cnn']!r} CNN; allowed: the other "
+                "normalizers, or GroupNorm by group size through train_group_sizes"
+            )
 
 
 def _check_train_group_sizes(config: Mapping[str, Any]) -> None:
@@ -160,6 +187,13 @@ def _check_pool(config: Mapping[str, Any]) -> None:
         )
 
 
+#: The book's training subset: one epoch of 30 steps at batch 128, for each of thirteen runs (the paper's nine,
+#: InstanceNorm, three on centred images). Set from the chapter's cost (about 0.17 s of one core per step of the
+#: book's CNN, the EvoNorms up to twice that), before any run of the paper's set was seen; it was 7 680 (60 steps)
+#: when the book trained nine runs.
+BOOK_TRAIN_SUBSET = 3_840
+
+
 SPEC = presets.training_spec(
     extra_params=(
         Param(
@@ -185,7 +219,11 @@ SPEC = presets.training_spec(
             choices=TRAIN_CNNS,
         ),
         Param("train_group_sizes", "int_list", "GroupNorm group sizes trained (each divides every width)", minimum=1),
-        Param("train_norms", "str_list", "other normalizers trained (bn, ln, none, frn, evo_s0, ...)"),
+        Param(
+            "train_norms",
+            "str_list",
+            "other normalizers trained (bn, ln, gn = GroupNorm with the authors' 32 groups, none, frn, evo_s0, ...)",
+        ),
         Param(
             "centered_runs",
             "str_list",
@@ -209,14 +247,14 @@ SPEC = presets.training_spec(
         "pool": 2,
         "repeats": 2,
         "train_cnn": "book",
-        "train_group_sizes": [1, 2, 4, 8, 16, 32],
-        "train_norms": ["bn", "ln", "none"],
+        "train_group_sizes": [1],
+        "train_norms": list(PAPER_SET),
         "centered_runs": _centered_following_runs(["gn1", "ln", "bn"]),
         "bootstrap": 2000,
         "paper_norms": list(PAPER_COSINES_10),
         "paper_batch": 64,
-        "subset": 7_680,
-        "test_subset": 2_000,
+        "subset": BOOK_TRAIN_SUBSET,
+        "test_subset": 1_000,
         "epochs": 1,
     },
     paper={
@@ -228,7 +266,7 @@ SPEC = presets.training_spec(
         "repeats": 3,
         "train_cnn": "uniform",
         "train_group_sizes": [1, 2, 4, 8, 16, 32, 64],
-        "train_norms": ["bn", "none"],
+        "train_norms": [*PAPER_SET, "none"],
         "centered_runs": _centered_following_runs(["gn1", "gn64", "bn"]),
         "bootstrap": 2000,
         "paper_norms": list(PAPER_COSINES_10),
@@ -253,6 +291,8 @@ def label(norm: str, group_size: int | None, width: int | None = None) -> str:
     """A legend label: ``GN g=4``, ``GN g=1 (IN)``, ``GN g=64 (LN)``, or the normalizer's name."""
     if norm != "gn":
         return layers.norm_info(norm).title
+    if group_size is None:
+        return f"GN {layers.DEFAULT_GROUPS} groups"
     suffix = " (IN)" if group_size == 1 else " (LN)" if group_size == width else ""
     return f"GN g={group_size}{suffix}"
 
@@ -558,46 +598,66 @@ def correlation(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> tupl
 
 
 def in_paper_figure(trained: pd.DataFrame) -> pd.Series:
-    """Which runs the correlation uses: every one but InstanceNorm (GroupNorm with group size 1, or ``in``), which
-    the paper's similarity-speed figure leaves out (Lubana et al. 2021). The other runs are not the figure's set: it
-    has no sweep over group sizes and no unnormalized network, and it has normalizers the book does not train by
-    default (FRN, VN, SWS, WN, the EvoNorms)."""
+    """Every run but InstanceNorm (GroupNorm with group size 1, or ``in``), which the paper's similarity-speed figure
+    leaves out (Lubana et al. 2021)."""
     return ~((trained.norm == "in") | ((trained.norm == "gn") & (trained.group_size == 1)))
 
 
-def _speed_runs(trained: pd.DataFrame, like_paper: bool) -> pd.DataFrame:
-    keep = ~trained.diverged & (in_paper_figure(trained) if like_paper else True)
-    return trained[keep]
+def in_paper_set(trained: pd.DataFrame) -> pd.Series:
+    """The runs of the paper's similarity-speed figure's normalizers (:data:`PAPER_SET`; ``gn`` is GroupNorm with the
+    authors' 32 groups, not a GroupNorm of ``train_group_sizes``)."""
+    return trained["key"].isin(PAPER_SET)
+
+
+def fisher_interval(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    r"""The ``level`` confidence interval of a Pearson correlation ``r`` of ``n`` points by Fisher's z transform:
+    :math:`\tanh(\operatorname{atanh} r \pm z_{(1+\text{level})/2}/\sqrt{n-3})` (bivariate normal points; NaN
+    with fewer than four points)."""
+    if n < 4 or not np.isfinite(r):
+        return float("nan"), float("nan")
+    z = np.arctanh(np.clip(r, -1 + 1e-12, 1 - 1e-12))
+    half = stats.norm.ppf((1 + level) / 2) / np.sqrt(n - 3)
+    return float(np.tanh(z - half)), float(np.tanh(z + half))
+
+
+def _speed_runs(trained: pd.DataFrame, mask: pd.Series | None = None) -> pd.DataFrame:
+    """The runs a correlation uses: those of ``mask`` (default :func:`in_paper_set`) that did not diverge (a
+    diverged run's accuracy measures how long it lasted, not how fast it learned)."""
+    mask = in_paper_set(trained) if mask is None else mask
+    return trained[~trained.diverged & mask]
+
+
+def paper_set_correlation(trained: pd.DataFrame, mask: pd.Series | None = None) -> tuple[float, float, float, int]:
+    """Pearson r of mean training accuracy against cosine at initialization over the runs of the paper's set that did
+    not diverge (or those of ``mask``), its 95 % Fisher-z interval, and the number of runs: ``(r, low, high, n)``."""
+    ok = _speed_runs(trained, mask)
+    n = len(ok)
+    if n < 3 or np.ptp(ok["init_cosine"].to_numpy(float)) == 0 or np.ptp(ok["mean_train_acc"].to_numpy(float)) == 0:
+        return float("nan"), float("nan"), float("nan"), n
+    r = float(stats.pearsonr(ok["init_cosine"], ok["mean_train_acc"])[0])
+    return (r, *fisher_interval(r, n), n)
 
 
 def speed_correlation(
-    config: Mapping[str, Any], trained: pd.DataFrame, like_paper: bool = True
+    config: Mapping[str, Any], trained: pd.DataFrame, mask: pd.Series | None = None
 ) -> tuple[float, float, float]:
-    """:func:`correlation` of mean training accuracy against cosine at initialization. Runs that diverged are left
-    out (their accuracy measures how long they lasted, not how fast they learned), and with ``like_paper`` so is
-    InstanceNorm, which the paper's figure leaves out (:func:`in_paper_figure`)."""
-    ok = _speed_runs(trained, like_paper)
+    """:func:`correlation` (Pearson r with a percentile bootstrap interval, ``bootstrap`` resamples) over the runs of
+    :func:`paper_set_correlation` (or ``mask``): the bootstrap's view of the same interval."""
+    ok = _speed_runs(trained, mask)
     return correlation(ok["init_cosine"], ok["mean_train_acc"], config["bootstrap"], config["seed"])
 
 
-def leave_one_out(config: Mapping[str, Any], trained: pd.DataFrame, like_paper: bool = True) -> pd.Series:
-    """The upper end of the 95 % bootstrap interval of :func:`speed_correlation` with each run left out in turn,
-    indexed by the key of the run left out (empty with fewer than four runs)."""
-    ok = _speed_runs(trained, like_paper)
-    if len(ok) < 4:
+def leave_one_out(trained: pd.DataFrame, mask: pd.Series | None = None) -> pd.Series:
+    """Pearson r of :func:`paper_set_correlation` with each run left out in turn, indexed by the key of the run
+    left out (empty with fewer than five runs)."""
+    ok = _speed_runs(trained, mask)
+    if len(ok) < 5:
         return pd.Series(dtype=float)
-    highs = {}
-    for index, key in zip(ok.index, ok["key"]):
-        rest = ok.drop(index=index)
-        highs[key] = correlation(rest["init_cosine"], rest["mean_train_acc"], config["bootstrap"], config["seed"])[2]
-    return pd.Series(highs, dtype=float)
-
-
-def leave_one_out_high(config: Mapping[str, Any], trained: pd.DataFrame, like_paper: bool = True) -> float:
-    """The largest upper end over :func:`leave_one_out`: below 0 only when no single run carries the correlation
-    (NaN with fewer than four runs)."""
-    highs = leave_one_out(config, trained, like_paper)
-    return float(highs.max()) if len(highs) else float("nan")
+    return pd.Series(
+        {key: float(stats.pearsonr(ok.drop(index=i).init_cosine, ok.drop(index=i).mean_train_acc)[0])
+         for i, key in zip(ok.index, ok["key"])},
+        dtype=float,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -639,17 +699,18 @@ def gap_criterion(gap: float) -> bool:
     return bool(np.isfinite(gap) and gap > GAP_MIN)
 
 
-def speed_criterion(high: float, loo_high: float) -> bool:
-    """The criterion of ``B.similarity_slows_training``, fixed before its verdicts at seeds 1 and 2 were seen: the
-    95 % interval of r entirely below 0 with every run (``high``) and with any one run left out (``loo_high``, the
-    largest upper end over :func:`leave_one_out_high`'s subsets)."""
-    return bool(np.isfinite(high) and high < 0 and np.isfinite(loo_high) and loo_high < 0)
+def speed_criterion(high: float) -> bool:
+    """The criterion of ``B.similarity_speed_paper_set``, fixed before any run of the paper's set: the 95 % Fisher-z
+    interval of r entirely below 0 (its upper end ``high`` < 0)."""
+    return bool(np.isfinite(high) and high < 0)
 
 
-def decorrelated(trained: pd.DataFrame) -> pd.DataFrame:
+def decorrelated(trained: pd.DataFrame, mask: pd.Series | None = None) -> pd.DataFrame:
     """``trained`` with the mean training accuracies replaced by their residuals from the least-squares line on
-    the cosine (plus the mean): the same spread, no correlation at all (r = 0), over the runs the correlation uses."""
-    keep = ~trained.diverged & in_paper_figure(trained)
+    the cosine (plus the mean): the same spread, no correlation at all (r = 0), over the runs the correlation uses
+    (:func:`_speed_runs`)."""
+    mask = in_paper_set(trained) if mask is None else mask
+    keep = ~trained.diverged & mask
     out = trained.copy()
     x, y = trained.loc[keep, "init_cosine"].to_numpy(float), trained.loc[keep, "mean_train_acc"].to_numpy(float)
     if len(x) >= 2 and np.ptp(x) > 0:
@@ -665,16 +726,20 @@ MEAN_REMOVAL_SHARE = 0.5
 MEAN_REMOVAL_EXPECTED = False
 MEAN_REMOVAL_REASON = (
     "the data do not support the explanation: on images without their own means BatchNorm loses none of its lead "
-    "over InstanceNorm at seeds 0-2, and LayerNorm none at seeds 0 and 1 but most of it at seed 2, so the mean share "
-    "stays below one half at every seed: the input means are not what InstanceNorm lacks"
+    "over InstanceNorm at seeds 0-2 and LayerNorm less than half of it (0.43, 0.20, 0.47 of it), so the mean share "
+    "stays below one half at every seed (0.19, 0.08, 0.22): the input means are not what InstanceNorm lacks. Over the "
+    "book's 30 steps InstanceNorm itself stays at chance"
 )
 
-#: Why the similarity-speed row reads "not reproduced" at the book's defaults.
+#: The verdict the book expects for ``B.similarity_speed_paper_set`` at its defaults: it varies with the seed
+#: (``None``), so it is not counted as reproduced. Set once seeds 0-2 were run; the criterion itself was fixed before.
+SPEED_EXPECTED = None
 SPEED_REASON = (
-    "with every run the 95% interval of r lies below 0, but the correlation rests on single runs: with BatchNorm, "
-    "and with some other runs, left out the interval reaches above 0. Without BatchNorm the other runs do not show "
-    "the trend with confidence over so short a training; eight runs of the book's 4-layer CNN, not the "
-    "paper's set of normalizers, are too few to show the paper's trend robustly"
+    "r is negative at seeds 0-2 (-0.82, -0.70, -0.56; WeightNorm diverged at each, so eight runs), in the "
+    "paper's range, "
+    "but with eight points the 95% Fisher-z interval excludes 0 at seeds 0 and 1 (at seed 1 by 0.0002) and not at "
+    "seed 2: 30 steps of nine runs of the book's 4-layer CNN cannot tell the paper's r from no relation robustly; "
+    "even the paper's own r = -0.67 over nine points only just excludes 0"
 )
 #: Why the paper-cosine row reads "not reproduced" at the book's defaults.
 PAPER_COSINES_REASON = (
@@ -875,34 +940,37 @@ class InformativeForward(Experiment):
                     reason=PAPER_COSINES_REASON,
                 )
             )
-        if trained is not None:
-            r, _, high = speed_correlation(config, trained)
-            loo_high = leave_one_out_high(config, trained)
-            flat = decorrelated(trained)
-            high_alt, loo_alt = speed_correlation(config, flat)[2], leave_one_out_high(config, flat)
-            runs = ", ".join(trained.loc[in_paper_figure(trained), "key"].astype(str))
+        if trained is not None and in_paper_set(trained).any():
+            r, _, high, n = paper_set_correlation(trained)
+            high_alt = paper_set_correlation(decorrelated(trained))[2]
+            have = set(trained["key"])
+            missing = [k for k in PAPER_SET if k not in have]
+            left_out = ", ".join(trained.loc[in_paper_set(trained) & trained.diverged, "key"].astype(str))
             steps = f"{int(trained.steps.max())} " if "steps" in trained else ""
             network = "the book's 4-layer CNN" if config["train_cnn"] == "book" else "the uniform CNN"
             checks.append(
                 claims.check_true(
-                    "B.similarity_slows_training",
+                    "B.similarity_speed_paper_set",
                     PAPER,
-                    f"mean training accuracy of {network} over its {steps}training steps falls "
-                    "as its cosine at initialization rises, robustly: Pearson r < 0 over the runs trained here but "
-                    f"InstanceNorm ({runs}, less any that diverged), which are not the paper's figure's set (it has no "
-                    "sweep over group sizes and no unnormalized net, but FRN, VN, SWS, WN and the EvoNorms). For "
-                    "reference only, as the prediction: the paper's r for its 10-layer CNN trained 60 epochs, read "
-                    "off a figure",
+                    f"over the normalizers of the paper's similarity-speed figure ({', '.join(PAPER_SET)}; GN with 32 "
+                    "groups; the set fixed before any run"
+                    + (f"; not trained here: {', '.join(missing)}" if missing else "")
+                    + (f"; diverged, left out: {left_out}" if left_out else "")
+                    + f"), the mean training accuracy of {network} over its {steps}training steps falls as its "
+                    f"last-layer cosine at initialization rises: Pearson r over the {n} runs, its 95% Fisher-z "
+                    "interval below 0 (criterion fixed before any run). Predicted, for reference: the paper's r for "
+                    "its 10-layer CNN trained 60 epochs on CIFAR-100, read off a figure (20-layer CNN -0.66, "
+                    "ResNet-56 -0.88)",
                     PAPER_R["10-layer CNN"],
                     r,
-                    speed_criterion(high, loo_high),
-                    "95% bootstrap interval below 0, with every run and with any one run left out",
+                    speed_criterion(high),
+                    "95% Fisher-z interval of r below 0",
                     kind="paper",
                     alternative=(
                         "no relation: the same accuracies with the correlation removed (r = 0)",
-                        speed_criterion(high_alt, loo_alt),
+                        speed_criterion(high_alt),
                     ),
-                    expected=False,
+                    expected=SPEED_EXPECTED,
                     reason=SPEED_REASON,
                 )
             )
