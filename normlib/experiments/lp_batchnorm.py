@@ -125,9 +125,15 @@ HALF_SKIPPED = (
     "on a CPU are far too slow, and a CPU has no float16 batch-norm kernel to test"
 )
 
-#: The rows whose verdict the book expects to vary with the seed: comparisons of a few points that three runs per
-#: arm cannot resolve, or a rare overflow that a seed's runs may or may not meet (their reasons say which).
-VARIES = frozenset({"L.l1_vs_l2", "L.linf_vs_l2", "L.fp16_l1_trains"})
+#: The rows whose verdict varies with the seed at the book's defaults (comparisons of a few points that three runs per
+#: arm cannot resolve, or a rare overflow a seed's runs may or may not meet; their reasons say which), with their
+#: verdicts at chapter seeds 0, 1 and 2 on the CPU, where runs are bit-identical: the gate checks each. At any other
+#: seed the book expects no particular verdict.
+VARIES: dict[str, tuple[bool, ...]] = {
+    "L.l1_vs_l2": (False, True, True),
+    "L.linf_vs_l2": (True, True, False),
+    "L.fp16_l1_trains": (True, False, True),
+}
 
 #: Why each row expected "not reproduced" (or expected to vary with the seed) at the book's defaults is so.
 REASONS = {
@@ -149,9 +155,9 @@ REASONS = {
         "at this scale. Its constant, shared with L∞, makes it divide by 1.28 sigma (L.c_topk), a smaller output scale"
     ),
     "L.linf_vs_l2": (
-        "L∞ trails L2 by 7.0, 3.7 and 1.6 points on average at chapter seeds 0, 1 and 2: more than the 2-point margin "
-        "at two seeds only, so the book does not count it (with the L2 runs of the previous version it held at all "
-        "three; the L2 runs are now the float32 twins, other trajectories of the same network)"
+        "L∞ trails L2 by 7.0, 3.7 and 1.6 points on average at chapter seeds 0, 1 and 2; with the uncertainty of "
+        "three paired runs (mean plus two standard errors below -2 points, the criterion since a review found the "
+        "plain mean looser than its sibling rows) it holds at seeds 0 and 1, not 2"
     ),
     "L.bwn_vs_bn": (
         "in the first epoch bounded WN trails BN by 0.8 to 2.1 points on average, the paper's early lead of BWN is not "
@@ -168,9 +174,11 @@ REASONS = {
         "at wn_lr, where plain weight normalization trains, bounded WN trails it by more than the margin (seeds 0, "
         "1 and 2); at the book's learning rate WN diverges and there is no comparison"
     ),
-    "L.c_l1_x0p25": (
-        "in the first epoch of the small ResNet, C_L1/4 (outputs four times larger) trains as well as C_L1 or better "
-        "on average over the repeats: the paper's 2.2-point loss of C/4 is a final ImageNet error after 80 epochs"
+    "L.c_l1_best": (
+        "in the first steps of the small ResNet the paper's constant beats four times it by 21 to 33 points on "
+        "average but not a quarter of it (C_L1 minus C_L1/4: +1.4, -0.4 and -13.8 points on average at chapter seeds "
+        "0, 1 and 2): early on, a smaller constant (a larger output) trains as fast or faster, and sqrt(pi/2) is not "
+        "singled out. The paper's gaps (2.2 and 1.5 points) are final ImageNet errors after 80 epochs"
     ),
 }
 
@@ -178,10 +186,13 @@ REASONS = {
 # ---------------------------------------------------------------------------------------------- parameters
 
 
-def _expected(cid: str) -> bool | None:
-    """A row's expected verdict: ``None`` (varies with the seed) for :data:`VARIES`, else reproduced unless it has a
-    reason in :data:`REASONS`."""
-    return None if cid in VARIES else cid not in REASONS
+def _expected(cid: str, seed: int) -> bool | None:
+    """A row's expected verdict at chapter ``seed``: for :data:`VARIES`, its recorded verdict at seeds 0-2 and
+    ``None`` (varies) at any other; else reproduced unless it has a reason in :data:`REASONS`."""
+    if cid in VARIES:
+        pattern = VARIES[cid]
+        return pattern[seed] if 0 <= seed < len(pattern) else None
+    return cid not in REASONS
 
 
 def _check_const_ns(config: Mapping[str, Any]) -> None:
@@ -1326,41 +1337,59 @@ def check_claims(
     return checks
 
 
+def ablation_differences(measured: dict[str, pd.DataFrame], factor: float) -> np.ndarray:
+    """Per repeat (same seed for every factor), the test accuracy with the paper's C_L1 minus with C_L1 x
+    ``factor``; NaN where either run diverged."""
+    ab = measured["ablation"]
+
+    def accuracy_of(f: float) -> pd.Series:
+        runs = ab[np.isclose(ab.factor.astype(float), f)].set_index("repeat")
+        return runs["test_accuracy"].astype(float).where(~runs["diverged"].astype(bool))
+
+    base = accuracy_of(1.0)
+    return (base - accuracy_of(factor).reindex(base.index)).to_numpy()
+
+
 def _ablation_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -> list[claims.ClaimCheck]:
-    """The C_L1 ablation (fig. (c)): for each factor f of ``c_factors`` other than 1, ``L.c_l1_x<f>``: the paper's
-    constant beats C_L1 x f, its mean test accuracy over the repeats higher by more than :data:`ACC_MARGIN` (the
-    paper: 33.8 % error against 36 % for 1/4 and 35.3 % for 4); alternative: the constant does not matter, gamma
-    absorbing it (no difference). A diverged run makes its factor's mean NaN, and the row fails."""
+    """The C_L1 ablation (fig. (c)), one row, ``L.c_l1_best``: the paper's constant trains better than every other
+    factor of ``c_factors``: for each, the paired mean difference of test accuracies (same seed) less
+    :data:`EQUIV_SE` standard errors is above 0 (the paper: 33.8 % error against 36 % for 1/4 and 35.3 % for 4).
+    Judging the factors together matters: "the smaller the constant (the larger the output), the faster early
+    training" also makes C_L1 beat 4 C_L1, but not C_L1/4; that monotone law is the alternative. A diverged run makes
+    its difference NaN, and the row fails."""
     table = ablation_table(measured)
     if not len(table) or 1.0 not in set(table.factor):
         return []
-    acc = table.set_index("factor")["accuracy"]
+    factors = [float(f) for f in table.factor if f != 1.0]
     arch = f"ResNet-{ABLATION_DEPTH}, widths {config['ablation_width']} x (1, 2, 4)"
-    checks = []
-    for factor in table.factor:
-        if factor == 1.0:
-            continue
-        cid = f"L.c_l1_x{_sigma_id(factor)}"
-        gap = float(acc[1.0] - acc[factor])
-        checks.append(
-            claims.check_true(
-                cid,
-                PAPER,
-                f"the paper's C_L1 = sqrt(pi/2) trains better than C_L1 x {factor:g}: L1 batch norm in a small ResNet "
-                f"({arch}), mean test accuracy over {config['repeats']} seed(s) higher by more than {ACC_MARGIN:.0%} "
-                f"(measured: C_L1 minus C_L1 x {factor:g}; ImageNet, fig. (c): {100 - PAPER_ABLATION_ERRORS[1.0]:.1f} "
-                f"% against {100 - PAPER_ABLATION_ERRORS.get(factor, float('nan')):.1f} %)",
-                ACC_MARGIN,
-                gap,
-                bool(gap > ACC_MARGIN),
-                f"> {ACC_MARGIN:g}",
-                kind="paper",
-                alternative=("the constant does not matter (gamma absorbs it): no difference", bool(0.0 > ACC_MARGIN)),
-                expected=_expected(cid),
-                reason=REASONS.get(cid, ""),
-            )
+    bounds = {f: equivalence_bound(ablation_differences(measured, f)) for f in factors}
+    # Under the monotone law, C_L1 loses to every smaller constant and beats every larger one by the same amounts.
+    monotone = {f: equivalence_bound(np.sign(f - 1.0) * np.abs(ablation_differences(measured, f))) for f in factors}
+    worst = min(bounds.values()) if all(np.isfinite(b) for b in bounds.values()) else float("nan")
+    paper = ", ".join(f"x{f:g}: {100 - PAPER_ABLATION_ERRORS.get(f, float('nan')):.1f} %" for f in factors)
+    return [
+        claims.check_true(
+            "L.c_l1_best",
+            PAPER,
+            f"the paper's C_L1 = sqrt(pi/2) trains better than C_L1 times each of "
+            f"{', '.join(f'{f:g}' for f in factors)}: L1 batch norm in a small ResNet ({arch}), for each factor "
+            f"the mean over {config['repeats']} seed(s) of the test accuracy with C_L1 minus with the factor "
+            f"(same seed), less {EQUIV_SE:g} standard errors, above 0 (measured: the smallest of these bounds; "
+            f"ImageNet, fig. (c): C_L1 {100 - PAPER_ABLATION_ERRORS[1.0]:.1f} %, {paper})",
+            0.0,
+            worst,
+            bool(np.isfinite(worst) and worst > 0),
+            "> 0 for every factor",
+            kind="paper",
+            alternative=(
+                "a smaller constant (a larger output) trains faster early on, whatever the paper's value: C_L1 beats "
+                "the larger constants and loses to the smaller ones by the measured amounts",
+                bool(all(np.isfinite(b) and b > 0 for b in monotone.values())),
+            ),
+            expected=_expected("L.c_l1_best", config["seed"]),
+            reason=REASONS.get("L.c_l1_best", ""),
         )
-    return checks
+    ]
 
 
 def _lp_table_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -> list[claims.ClaimCheck]:
@@ -1374,7 +1403,6 @@ def _lp_table_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame
     checks = []
     if "bn" not in norms:
         return checks
-    l2 = mean_accuracy(measured, "bn")
     for norm, cid, who in (("l1bn", "L.l1_vs_l2", "L1"), ("topkbn", "L.topk_vs_l2", f"Top-{k}")):
         if norm not in norms:
             continue
@@ -1393,26 +1421,29 @@ def _lp_table_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame
                     f"{who} is a worse normalizer: {lost:.0%} below L2 on average",
                     equivalence_bound(diffs, -lost - float(np.mean(diffs))),
                 ),
-                expected=_expected(cid),
+                expected=_expected(cid, config["seed"]),
                 reason=REASONS.get(cid, ""),
             )
         )
     if "linfbn" in norms:
-        linf = mean_accuracy(measured, "linfbn")
+        diffs = paired_differences(measured, "linfbn", "bn")
+        # the upper end of the paired mean's interval: mean + EQUIV_SE standard errors
+        upper = -equivalence_bound(-diffs)
         checks.append(
-            claims.check_true(
+            claims.check_at_most(
                 "L.linf_vs_l2",
                 PAPER,
-                f"L∞ batch norm is worse than L2: its mean test accuracy over {seeds} seed(s) is more than "
-                f"{ACC_MARGIN:.0%} below L2's, the chapter's margin for seed noise (measured: L∞ minus L2; ResNet-18 "
-                f"ImageNet: L∞ {paper['linfbn']}, L2 {paper['bn']}, the paper's worst)",
+                f"L∞ batch norm is worse than L2: the mean over {seeds} seed(s) of L∞'s test accuracy minus L2's "
+                f"(same seed), plus {EQUIV_SE:g} standard errors, below -{ACC_MARGIN:g} (ResNet-18 ImageNet: L∞ "
+                f"{paper['linfbn']}, L2 {paper['bn']}, the paper's worst)",
                 -ACC_MARGIN,
-                linf - l2,
-                bool(linf - l2 < -ACC_MARGIN),
-                f"< -{ACC_MARGIN:g}",
+                upper,
                 kind="paper",
-                alternative=("L∞ normalizes as well as L2: its mean is L2's", bool(0.0 < -ACC_MARGIN)),
-                expected=_expected("L.linf_vs_l2"),
+                alternative=(
+                    "L∞ normalizes as well as L2: the same differences about a mean of 0",
+                    -equivalence_bound(-(diffs - float(np.mean(diffs)))),
+                ),
+                expected=_expected("L.linf_vs_l2", config["seed"]),
                 reason=REASONS.get("L.linf_vs_l2", ""),
             )
         )
@@ -1446,7 +1477,7 @@ def _wn_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -> 
                     f"bounding the norm costs accuracy: {2 * ACC_MARGIN:.0%} below BN on average",
                     equivalence_bound(diffs, -2 * ACC_MARGIN - float(np.mean(diffs))),
                 ),
-                expected=_expected("L.bwn_vs_bn"),
+                expected=_expected("L.bwn_vs_bn", config["seed"]),
                 reason=REASONS.get("L.bwn_vs_bn", ""),
             )
         )
@@ -1463,7 +1494,7 @@ def _wn_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -> 
                 accuracy(measured, "bwn", "wn_lr"),
                 kind="paper",
                 alternative=(f"bounding the norm costs accuracy: {lost:.0%} below WN", wn - lost),
-                expected=_expected("L.bwn_vs_wn"),
+                expected=_expected("L.bwn_vs_wn", config["seed"]),
                 reason=REASONS.get("L.bwn_vs_wn", ""),
             )
         )
@@ -1519,7 +1550,7 @@ def _fp16_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -
                     "L1 fails with float16 statistics as L2 does: L2's float16 accuracy (diverged: chance)",
                     fp16_accuracy_at_chance(measured, "bn", chance),
                 ),
-                expected=_expected("L.fp16_l1_trains"),
+                expected=_expected("L.fp16_l1_trains", config["seed"]),
                 reason=REASONS.get("L.fp16_l1_trains", ""),
             )
         )
