@@ -162,9 +162,20 @@ def _time_estimate(experiment: Any, config: Any, device: str) -> str:
     from normlib import timings
 
     found = timings.estimate(experiment.notebook, config, device, cached=experiment.is_cached(config))
-    if found is None:
-        return f"estimated time: unknown, no run of {experiment.notebook} on {device} is recorded on this machine yet"
-    return str(found)
+    if found is not None:
+        return str(found)
+    changed = config.changed() if hasattr(config, "changed") else {}
+    if (
+        dict(config).get("preset") == "book"
+        and device == "cpu"
+        and not set(changed) - {"seed"}
+        and experiment.book_seconds
+    ):
+        return (
+            f"estimated time: about {experiment.book_seconds:.0f} s of one CPU core (the book's own cold build); "
+            f"no run of {experiment.notebook} is recorded on this machine yet"
+        )
+    return f"estimated time: unknown, no run of {experiment.notebook} on {device} is recorded on this machine yet"
 
 
 def command_run(args: argparse.Namespace) -> int:

@@ -97,16 +97,30 @@ def evaluate(
     else:
         from normlib.sweep import sweep
 
+        order = longest_first(grid)
         workers = jobs or os.cpu_count() or 1
         with ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
         ) as pool:
-            grid = [{**point, "executor": "serial"} for point in grid]
+            scheduled = [{**grid[i], "executor": "serial"} for i in order]
             swept = sweep(
-                evaluate_chapter, grid, executor=pool, cache=False, progress=progress, desc="claims (chapter x seed)"
+                evaluate_chapter,
+                scheduled,
+                executor=pool,
+                cache=False,
+                progress=progress,
+                desc="claims (chapter x seed)",
             )
-        records = list(swept["result"])
+        records = [None] * len(grid)
+        for i, result in zip(order, swept["result"], strict=True):
+            records[i] = result
     return pd.DataFrame([row for rows in records for row in rows], columns=COLUMNS)
+
+
+def longest_first(grid: Sequence[dict[str, Any]]) -> list[int]:
+    """The order in which to start the (chapter, seed) points of ``grid``: longest chapter first (its
+    ``book_seconds``), so that no long chapter starts last while the other workers idle; ties keep grid order."""
+    return sorted(range(len(grid)), key=lambda i: -get_experiment(grid[i]["notebook"]).book_seconds)
 
 
 def _one_thread() -> None:

@@ -103,3 +103,9 @@ def test_a_row_expected_not_judged_that_gets_judged_is_a_difference_whatever_its
     rows["expected_judged"] = False
     rows["judged"] = [False, True]
     assert list(scorecard.gate(rows)["seed"]) == [1]
+
+
+def test_the_longest_chapters_start_first_and_ties_keep_their_order():
+    grid = [{"notebook": stem, "seed": seed} for stem in ("01_stable_forward", "08_lp_batchnorm_low_precision")
+            for seed in (0, 1)]  # fmt: skip
+    assert scorecard.longest_first(grid) == [2, 3, 0, 1]

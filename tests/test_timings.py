@@ -80,3 +80,15 @@ def test_measure_records_its_time_on_a_miss_only(tmp_path, monkeypatch):
     assert len(timings.records("quick", root=tmp_path)) == 1
     quick.measure(config)
     assert len(timings.records("quick", root=tmp_path)) == 1
+
+
+def test_run_quotes_the_books_own_time_before_this_machine_timed_a_run(tmp_path, monkeypatch):
+    from normlib.__main__ import _time_estimate
+    from normlib.experiments import get_experiment
+
+    monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path / "cache"))
+    experiment = get_experiment("01_stable_forward")
+    line = _time_estimate(experiment, experiment.resolve("book", seed=3), "cpu")
+    assert f"about {experiment.book_seconds:.0f} s of one CPU core" in line
+    changed = _time_estimate(experiment, experiment.resolve("book", depth=14), "cpu")
+    assert "unknown" in changed

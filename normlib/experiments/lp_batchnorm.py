@@ -1647,6 +1647,7 @@ class LpBatchNorm(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
+    book_seconds = 159.0
     key_params = (
         "norms",
         "fp16_weight_decay",

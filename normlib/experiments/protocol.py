@@ -51,6 +51,9 @@ class Experiment(abc.ABC):
         spec: its parameters and the ``book`` and ``paper`` presets.
         key_params: the parameters the page shows in its table of what ran (at most about twelve; every parameter
             when empty).
+        book_seconds: about how long one seed of the ``book`` preset computes on one CPU core, as measured when
+            the book was last built cold on 2 cores; the scorecard starts the longest chapters first, and
+            ``normlib run`` quotes it before this machine has timed a run of its own.
     """
 
     notebook: ClassVar[str]
@@ -58,6 +61,7 @@ class Experiment(abc.ABC):
     paper: ClassVar[str]
     spec: ClassVar[ParamSpec]
     key_params: ClassVar[tuple[str, ...]] = ()
+    book_seconds: ClassVar[float] = 0.0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.notebook!r}: {self.title}>"

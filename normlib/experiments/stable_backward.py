@@ -854,6 +854,7 @@ class StableBackward(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
+    book_seconds = 71.0
     key_params = (
         "group_sizes",
         "width",
