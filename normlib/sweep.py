@@ -186,7 +186,9 @@ def _run(
         pool = _local_pool(len(todo)) if owned else executor
         futures: dict[Any, int] = {}
         try:
-            futures = {pool.submit(_compute, fn, configs[i], root): i for i in todo}
+            # The point's cache key travels with it: an executor that reuses results of identical calls (Dask's
+            # pure tasks) would otherwise serve a stale result when only a plugin's source file changed.
+            futures = {pool.submit(_compute, fn, configs[i], root, _token(fn, configs[i], root)): i for i in todo}
             for future in _completed(list(futures)):
                 i = futures[future]
                 try:
@@ -219,9 +221,15 @@ def _completed(futures: list[Any], poll_s: float = 1.0) -> Iterator[Any]:
             time.sleep(poll_s)
 
 
-def _compute(fn: Callable[..., Any], config: dict[str, Any], root: Path | None) -> Any:
-    """One point, in whatever process runs it: through the cache (written there, atomically) or directly."""
+def _compute(fn: Callable[..., Any], config: dict[str, Any], root: Path | None, token: str | None = None) -> Any:
+    """One point, in whatever process runs it: through the cache (written there, atomically) or directly.
+    ``token`` (the point's cache key) only makes two calls with different inputs distinct to the executor."""
     return _cache.cached_call(fn, config, root=root) if root is not None else fn(**config)
+
+
+def _token(fn: Callable[..., Any], config: dict[str, Any], root: Path | None) -> str | None:
+    """The point's cache key (``None`` without a cache): it covers the plugins' source files."""
+    return _cache.cache_key(fn, config) if root is not None else None
 
 
 def _local_pool(n_points: int) -> ProcessPoolExecutor:
