@@ -326,11 +326,7 @@ def verdict_sentence(checks: list[ClaimCheck]) -> str:
     failed = [c.id for c in judged if not c.passed]
     apart = f" {len(unjudged)} could not be judged (precondition not met): {', '.join(unjudged)}." if unjudged else ""
     if not failed:
-        return (
-            f"All {len(judged)} checks judged reproduce the prediction.{apart}"
-            if unjudged
-            else (f"All {len(checks)} checks reproduce the prediction.")
-        )
+        return f"All {len(judged)} checks{' judged' if unjudged else ''} reproduce the prediction.{apart}"
     return (
         f"{len(judged) - len(failed)} of {len(judged)} checks reproduce the prediction; the others are "
         f"**not reproduced**: {', '.join(failed)}.{apart}"

@@ -176,13 +176,9 @@ def gate(rows: pd.DataFrame) -> pd.DataFrame:
         rows["expected_judged"].astype(bool) if "expected_judged" in rows else pd.Series(True, index=rows.index)
     )
     differs = (judged != expected_judged) | (judged & ~varies & (rows["passed"].astype(bool) != expected))
-    keys = ["notebook", "id"]
-    steady = rows[varies].groupby(keys)["passed"].agg(lambda s: len(s) >= 2 and s.nunique() == 1)
-    steady_keys = set(steady[steady].index)
-    unvarying = varies & pd.Series(
-        [key in steady_keys for key in zip(rows["notebook"], rows["id"])], index=rows.index, dtype=bool
-    )
-    return rows[differs | unvarying]
+    passed = rows["passed"].astype(bool)
+    same = passed.groupby([rows["notebook"], rows["id"]]).transform(lambda s: len(s) >= 2 and s.nunique() == 1)
+    return rows[differs | (varies & same.astype(bool))]
 
 
 def not_discriminating(rows: pd.DataFrame) -> pd.DataFrame:
