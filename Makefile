@@ -57,6 +57,7 @@ data: env
 # the warm build re-executes nothing.
 book: env data
 	$(BIN)/python tools/book_inputs.py check
+	$(BIN)/python -m normlib compute
 	$(BIN)/jupyter-book build . -W --keep-going
 	$(BIN)/python tools/book_inputs.py record
 

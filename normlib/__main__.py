@@ -1,4 +1,4 @@
-"""The command line: ``python -m normlib list | run | claims``.
+"""The command line: ``python -m normlib list | run | compute | claims | report-card | fetch``.
 
 ``run NOTEBOOK -p NAME VALUE ... [--preset paper] [--dry-run]`` validates the parameters against the notebook's
 ``parameters`` cell and its experiment's allowed values (before any compute; ``--dry-run`` stops there and prints
@@ -7,9 +7,11 @@ jupytext in memory) into ``runs/NAME-<hash>/`` and writes the executed notebook,
 there. ``claims`` evaluates every registered claim at the book's defaults at seeds 0, 1 and 2 (``--seeds``), prints
 a table, and exits 1 when any verdict differs from the one the book expects (an unexpected pass included);
 ``--falsify`` also exits 1 when a row would pass under its alternative, and ``--json FILE`` writes every row.
-``list`` shows the notebooks and their parameters; ``fetch DATASET`` downloads a dataset. ``report-card NORM`` grades
-a normalizer (a registered name, or your own ``module:Class`` / ``path/to/file.py:Class``) on the three properties
-of chapter 04 against the paper's ten and prints the grades, from the same code as the chapter (no training).
+``compute`` measures the same chapters and seeds into the result cache, in one process pool, the longest chapters
+first, without judging them (``make book`` runs it before the pages, so both cores stay busy). ``list`` shows the
+notebooks and their parameters; ``fetch DATASET`` downloads a dataset. ``report-card NORM`` grades a normalizer
+(a registered name, or your own ``module:Class`` / ``path/to/file.py:Class``) on the three properties of chapter 04
+against the paper's ten and prints the grades, from the same code as the chapter (no training).
 A layer given as a file path on the command line is made absolute, so that a notebook running in its own folder
 finds it.
 """
@@ -305,10 +307,9 @@ def _evaluate_with(stems: list[str], seeds: list[int], preset: str, pairs: list[
     return pd.DataFrame(records, columns=scorecard.COLUMNS)
 
 
-def command_claims(args: argparse.Namespace) -> int:
-    import json
-
-    from normlib import scorecard
+def _chapters_and_seeds(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """The notebooks (``--only``) and seeds (``--seeds``) of ``claims`` and ``compute``, with ``--preset`` and
+    ``--jobs`` validated."""
     from normlib.experiments import EXPERIMENTS, notebook_stem
     from normlib.params import PRESETS
 
@@ -317,13 +318,37 @@ def command_claims(args: argparse.Namespace) -> int:
     unknown = [name for name in args.only or [] if notebook_stem(name) not in EXPERIMENTS]
     if unknown:
         raise UsageError(f"--only: unknown notebook {unknown[0]!r}; allowed: {', '.join(EXPERIMENTS)}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs: invalid value {args.jobs!r}; allowed: a positive number of processes")
     stems = [s for s in EXPERIMENTS if not args.only or s in {notebook_stem(n) for n in args.only}]
-    seeds = _parse_seeds(args.seeds)
+    return stems, _parse_seeds(args.seeds)
+
+
+def command_compute(args: argparse.Namespace) -> int:
+    import time
+
+    from normlib import scorecard
+
+    stems, seeds = _chapters_and_seeds(args)
+    started = time.perf_counter()
+    print(f"computing {', '.join(stems)} at preset={args.preset}, seeds {args.seeds}", file=sys.stderr, flush=True)
+    rows = scorecard.evaluate(stems, seeds, args.preset, jobs=args.jobs)
+    print(
+        f"{len(stems)} chapter(s) x {len(seeds)} seed(s) in the result cache ({len(rows)} claim rows) after "
+        f"{time.perf_counter() - started:.0f} s; `python -m normlib claims` judges them"
+    )
+    return 0
+
+
+def command_claims(args: argparse.Namespace) -> int:
+    import json
+
+    from normlib import scorecard
+
+    stems, seeds = _chapters_and_seeds(args)
     if args.json is not None and not Path(args.json).expanduser().absolute().parent.is_dir():
         raise UsageError(f"--json: the folder of {args.json!r} does not exist; create it or choose another file")
 
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError(f"--jobs: invalid value {args.jobs!r}; allowed: a positive number of processes")
     print(f"evaluating {', '.join(stems)} at preset={args.preset}, seeds {args.seeds}", file=sys.stderr, flush=True)
     if args.param:
         rows = _evaluate_with(stems, seeds, args.preset, args.param)
@@ -454,6 +479,23 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluated in this process",
     )
     check.set_defaults(handler=command_claims)
+
+    compute = commands.add_parser(
+        "compute",
+        help="measure chapters at seeds into the result cache, all in one process pool, longest first (no verdicts)",
+        description=(
+            "Measure every (chapter, seed) into the result cache in one process pool of --jobs workers, the "
+            "longest chapters first, so that the cores stay busy; the book's pages, its scorecard and `claims` then "
+            "read the results. `make book` runs it before the pages. A result already cached is not recomputed."
+        ),
+    )
+    compute.add_argument("--preset", default="book", help="book (default) or paper")
+    compute.add_argument("--only", nargs="+", help="notebook names to compute (default: all)")
+    compute.add_argument("--seeds", default="0,1,2", help="seeds to compute every chapter at (default: 0,1,2)")
+    compute.add_argument(
+        "--jobs", type=int, default=None, help="worker processes (default: one per CPU; 1: in this process)"
+    )
+    compute.set_defaults(handler=command_compute)
 
     card = commands.add_parser(
         "report-card", help="grade a normalizer on properties A, B and C against the paper's ten (chapter 04)"

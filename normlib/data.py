@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -549,9 +550,31 @@ def read_idx(data: bytes) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims).copy()
 
 
+#: Verified IDX arrays already read by this process, by file and its ``stat`` (size, modification time, inode):
+#: a chapter loads the same split dozens of times, and decompressing and checksumming it is most of a load. A file
+#: replaced or edited since is read (and verified) again. The arrays are never handed out: callers get copies.
+_IDX_READ: dict[tuple[str, int, int, int], np.ndarray] = {}
+
+
 def _read_verified_idx(folder: Path, source: Source, name: str) -> tuple[np.ndarray, Path]:
-    """Find, decompress (if gzipped), parse and checksum one IDX file; return the array and the file read."""
+    """Find, decompress (if gzipped), parse and checksum one IDX file; return the array (a fresh copy; the verified
+    content is remembered for this process, keyed by the file's ``stat``) and the file read."""
     path = _local_copy(folder, source)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key in _IDX_READ:
+        return _IDX_READ[key].copy(), path
+    array = _parse_verified_idx(path, source, name)
+    # a file modified in the last seconds could change again within the clock's resolution, keeping its stat:
+    # it is not remembered (git's "racy" rule)
+    if time.time_ns() - stat.st_mtime_ns > 2_000_000_000:
+        if len(_IDX_READ) >= 8:
+            _IDX_READ.clear()
+        _IDX_READ[key] = array.copy()
+    return array, path
+
+
+def _parse_verified_idx(path: Path, source: Source, name: str) -> np.ndarray:
     data = path.read_bytes()
     try:
         if data[:2] == b"\x1f\x8b":
@@ -570,7 +593,7 @@ def _read_verified_idx(folder: Path, source: Source, name: str) -> tuple[np.ndar
             f"{path} is corrupt: md5 of its IDX content is {digest}, expected "
             f"{source.content_md5}. {_refetch_hint(name, path)}"
         )
-    return array, path
+    return array
 
 
 def _md5_file(path: Path) -> str:
