@@ -13,12 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_book  # noqa: E402
 import bench_layers  # noqa: E402
 import bench_probes  # noqa: E402
 import bench_sweep  # noqa: E402
 import bench_train  # noqa: E402
 
-BENCHMARKS = (bench_layers, bench_probes, bench_sweep, bench_train)
+BENCHMARKS = (bench_layers, bench_probes, bench_sweep, bench_train, bench_book)
 
 
 def main() -> None:

@@ -216,6 +216,32 @@ def test_claims_options_are_checked_before_any_compute(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_compute_fills_the_cache_that_claims_then_reads(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("NORMLIB_CACHE", str(tmp_path))
+    chapter = TinyStableForward()
+    monkeypatch.setattr(sf, "EXPERIMENT", chapter)
+    assert cli.main(["compute", "--jobs", "1", "--only", "01_stable_forward", "--seeds", "0,1"]) == 0
+    assert "1 chapter(s) x 2 seed(s) in the result cache" in capsys.readouterr().out
+    assert all(chapter.is_cached(chapter.resolve("book", seed=seed)) for seed in (0, 1))
+    # the verdicts were not judged: compute exits 0 even where the gate would fail
+    monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward(doubling=True))
+    assert cli.main(["compute", "--jobs", "1", "--only", "01_stable_forward", "--seeds", "0"]) == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--only", "nothing"], "--only: unknown notebook 'nothing'"),
+        (["--seeds", "1,1"], "--seeds: invalid value"),
+        (["--jobs", "0"], "--jobs: invalid value 0"),
+        (["--preset", "huge"], "--preset: invalid value 'huge'"),
+    ],
+)
+def test_compute_options_are_checked_before_any_compute(args, message, capsys):
+    assert cli.main(["compute", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_dry_run_validates_prints_and_computes_nothing(tmp_path, capsys):
     assert cli.main(["run", "02_informative_forward", "-p", "depth", "30", "--out", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
