@@ -85,20 +85,20 @@ def evaluate(
     """Every claim of ``notebooks`` (default: all) at each of ``seeds``: one row per (claim, seed) with the
     :data:`COLUMNS`.
 
-    Each (chapter, seed) is one job of a local process pool of ``jobs`` workers (default: one per CPU), inside
-    which the chapter runs its own pieces one after another, so the cores stay busy across chapters; ``jobs=1``
-    runs everything in this process. Every measurement goes through the result cache either way, so the chapters'
-    pages and a second call read what the first computed."""
+    Each (chapter, seed) is one job of a local process pool of ``jobs`` workers (default: one per CPU, or
+    ``NORMLIB_WORKERS`` when set), inside which the chapter runs its own pieces one after another, so the cores stay
+    busy across chapters; one worker runs everything in this process. Every measurement goes through the result
+    cache either way, so the chapters' pages and a second call read what the first computed."""
+    from normlib.sweep import local_workers, sweep
+
     grid = [
         {"notebook": stem, "preset": preset, "seed": int(seed)} for stem in notebooks or EXPERIMENTS for seed in seeds
     ]
-    if jobs == 1:
+    workers = jobs or local_workers()
+    if workers == 1:
         records = [evaluate_chapter(**point) for point in grid]
     else:
-        from normlib.sweep import sweep
-
         order = longest_first(grid)
-        workers = jobs or os.cpu_count() or 1
         with ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
         ) as pool:

@@ -7,7 +7,8 @@ object: a number, a dict, a DataFrame).
 Where it runs (``executor=``):
 
 - ``None``: a local ``ProcessPoolExecutor`` (``spawn`` start method, one torch thread per worker, as many
-  workers as points to compute, at most one per CPU), created and shut down by the sweep;
+  workers as points to compute, at most one per CPU, or at most ``NORMLIB_WORKERS`` when that environment variable
+  is set; ``NORMLIB_WORKERS=1`` computes in this process, with no pool), created and shut down by the sweep;
 - ``"serial"``: in this process, one point after another (for debugging and tiny grids);
 - an executor you own: a ``concurrent.futures.Executor`` such as ``distributed.Client(...).get_executor()``
   (Dask), or any object whose ``submit(fn, *args)`` returns jobs with ``done()``, ``result()`` and ``cancel()``,
@@ -135,6 +136,8 @@ def sweep(
             f"parameter 'executor': invalid value {executor!r}; allowed: None (a local process "
             f"pool), 'serial', or an executor with a submit method (concurrent.futures, Dask, submitit)"
         )
+    if executor is None:
+        local_workers()  # a bad NORMLIB_WORKERS stops the sweep before any compute
     if executor != "serial":
         _check_importable(fn)
     root = Path(cache_root if cache_root is not None else _cache.cache_root()).absolute() if cache else None
@@ -181,6 +184,8 @@ def _run(
             except Exception as err:
                 errors[i] = err
             bar.update()
+    elif executor is None and local_workers() == 1:
+        return _run(fn, configs, todo, root, "serial", results, bar)
     elif todo:
         owned = executor is None
         pool = _local_pool(len(todo)) if owned else executor
@@ -232,11 +237,26 @@ def _token(fn: Callable[..., Any], config: dict[str, Any], root: Path | None) ->
     return _cache.cache_key(fn, config) if root is not None else None
 
 
+def local_workers() -> int:
+    """The most worker processes of the default local pool: ``NORMLIB_WORKERS`` when set (a positive integer),
+    else the CPUs this process may run on."""
+    text = os.environ.get("NORMLIB_WORKERS", "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(
+                f"environment variable NORMLIB_WORKERS: invalid value {text!r}; allowed: a positive integer "
+                "(1: compute in this process)"
+            )
+        return int(text)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _local_pool(n_points: int) -> ProcessPoolExecutor:
     """Spawned workers with one torch thread each, so that N workers use N cores, not N x N."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return ProcessPoolExecutor(
-        max_workers=min(n_points, cpus), mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+        max_workers=min(n_points, local_workers()),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,6 +83,19 @@ def test_serial_and_process_pool_agree(tmp_path):
     assert [r["norm"] for r in pooled["result"]] == [r["norm"] for r in serial["result"]]  # bit for bit
     assert [r["threads"] for r in pooled["result"]] == [1, 1, 1]  # one torch thread per worker
     assert len(list(tmp_path.rglob("*.entry"))) == 3  # written by the workers
+
+
+def test_normlib_workers_bounds_the_local_pool(monkeypatch):
+    grid = {"x": [0, 1, 2]}
+    monkeypatch.setenv("NORMLIB_WORKERS", "1")
+    assert sweep(sweep_fns.process_id, grid, cache=False, progress=False)["result"].tolist() == [os.getpid()] * 3
+    monkeypatch.setenv("NORMLIB_WORKERS", "2")
+    pids = set(sweep(sweep_fns.process_id, grid, cache=False, progress=False)["result"])
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("NORMLIB_WORKERS", bad)
+        with pytest.raises(ValueError, match=f"NORMLIB_WORKERS: invalid value '{bad}'; allowed: a positive integer"):
+            sweep(sweep_fns.process_id, grid, cache=False, progress=False)
 
 
 def test_an_interrupted_sweep_resumes(tmp_path):
