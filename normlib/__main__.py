@@ -356,7 +356,8 @@ def command_claims(args: argparse.Namespace) -> int:
         rows = scorecard.evaluate(stems, seeds, args.preset, jobs=args.jobs)
     folded = scorecard.robustness(rows)
     folded["seeds reproduced"] = folded["seeds_reproduced"].astype(str) + "/" + folded["seeds"].astype(str)
-    _print_rows(folded, ["id", "kind", "predicted", "measured", "tolerance", "seeds reproduced", "verdict"])
+    folded["measured at seeds"] = folded["measured_by_seed"]
+    _print_rows(folded, ["id", "kind", "predicted", "measured at seeds", "tolerance", "seeds reproduced", "verdict"])
     top = scorecard.headline(folded)
     print(
         f"{top['reproduced']} of {top['claims']} claims (paper and derived) reproduced at seeds "

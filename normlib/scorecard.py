@@ -130,8 +130,9 @@ def _one_thread() -> None:
 def robustness(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per claim: its fields at the first seed, ``seeds`` (how many were evaluated),
     ``seeds_reproduced`` (at how many it passed), ``seeds_judged`` (at how many its precondition held),
-    ``reproduced`` (at all of them) and ``verdict``: "reproduced", "not judged" (at no seed), else "not
-    reproduced"."""
+    ``reproduced`` (at all of them), ``verdict``: "reproduced", "not judged" (at no seed), else "not
+    reproduced", and ``measured_by_seed``: the measured value at each seed, in seed order, as text
+    (``-5.6 / -0.9 / 0.3``), the seed table a reader checks a "varies" or a 2-of-3 verdict against."""
     rows = rows.assign(judged=rows["judged"] if "judged" in rows else True)
     first = rows.sort_values("seed").groupby(["notebook", "id"], sort=False).first().reset_index()
     first = first.drop(columns="judged")
@@ -140,6 +141,9 @@ def robustness(rows: pd.DataFrame) -> pd.DataFrame:
         grouped["passed"].agg(seeds="count", seeds_reproduced="sum").join(grouped["judged"].agg(seeds_judged="sum"))
     )
     out = first.merge(counts.reset_index(), on=["notebook", "id"])
+    in_seed_order = rows.sort_values("seed", kind="stable").groupby(["notebook", "id"], sort=False)
+    by_seed = in_seed_order["measured"].agg(lambda v: " / ".join(_short(x) for x in v)).rename("measured_by_seed")
+    out = out.merge(by_seed.reset_index(), on=["notebook", "id"])
     out["reproduced"] = out["seeds_reproduced"] == out["seeds"]
     out["judged"] = out["seeds_judged"] > 0
     out["verdict"] = np.select(
@@ -147,6 +151,14 @@ def robustness(rows: pd.DataFrame) -> pd.DataFrame:
     )
     order = {stem: i for i, stem in enumerate(EXPERIMENTS)}
     return out.sort_values("notebook", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
+def _short(value: Any) -> str:
+    """A measured value as the seed table shows it: four significant digits."""
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def headline(folded: pd.DataFrame) -> dict[str, int]:

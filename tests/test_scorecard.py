@@ -17,6 +17,7 @@ def _rows(passed: dict[tuple[str, int], bool]) -> pd.DataFrame:
                 "id": cid,
                 "kind": "paper",
                 "passed": ok,
+                "measured": 1.0,
                 "expected": True,
                 "alternative": "the other law",
                 "alternative_passed": False,
@@ -31,6 +32,14 @@ def test_a_row_is_reproduced_only_at_every_seed():
     assert folded.loc["A.x", "seeds_reproduced"] == 1 and not folded.loc["A.x", "reproduced"]
     assert folded.loc["A.y", "verdict"] == "reproduced"
     assert list(scorecard.gate(rows)["id"]) == ["A.x"]
+
+
+def test_the_seed_table_lists_each_seeds_measurement_in_seed_order():
+    rows = _rows({("A.x", 1): False, ("A.x", 0): True, ("A.x", 2): True})
+    rows["measured"] = [-0.91, -5.6123, 0.3]  # seeds 1, 0, 2
+    folded = scorecard.robustness(rows).set_index("id")
+    assert folded.loc["A.x", "measured_by_seed"] == "-5.612 / -0.91 / 0.3"
+    assert folded.loc["A.x", "measured"] == -5.6123  # the first seed's, as before
 
 
 def test_device_differences_lists_only_changed_verdicts(tmp_path):
