@@ -71,8 +71,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_notebook(tmp_path):
     """``run_notebook(stem, params)`` executes ``notebooks/<stem>.md`` through ``python -m normlib run`` with
     ``-p NAME VALUE`` for every entry of ``params`` (lists as JSON) into ``tmp_path``, with a private result cache;
-    it asserts the command succeeded and returns the run folder. Its sweeps compute in the kernel
-    (``NORMLIB_WORKERS=1``)."""
+    it asserts the command succeeded and returns the run folder. Its sweeps compute in the kernel, on one thread
+    (``NORMLIB_WORKERS=1``, ``OMP_NUM_THREADS=1``)."""
 
     def run(stem: str, params: dict, timeout: int = 900) -> Path:
         args = [
@@ -80,9 +80,10 @@ def run_notebook(tmp_path):
             for name, value in params.items()
             for a in ("-p", name, json.dumps(value) if isinstance(value, list) else str(value))
         ]
-        # one process per notebook: pytest-xdist already keeps every core busy, and a pool per sweep would only
-        # add worker start-ups (the local pool itself is tested in test_sweep.py)
-        env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache"), "NORMLIB_WORKERS": "1"}
+        # one single-threaded process per notebook: pytest-xdist already keeps every core busy, a pool per sweep
+        # would only add worker start-ups, and intra-op threads on a busy machine only wait for each other (the
+        # local pool itself is tested in test_sweep.py)
+        env = {**os.environ, "NORMLIB_CACHE": str(tmp_path / "cache"), "NORMLIB_WORKERS": "1", "OMP_NUM_THREADS": "1"}
         result = subprocess.run(
             [sys.executable, "-m", "normlib", "run", f"notebooks/{stem}.md", "--out", str(tmp_path), "--quiet", *args],
             cwd=ROOT,
