@@ -498,7 +498,7 @@ class Compass(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
-    book_seconds = 22.0
+    book_seconds = 20.0
     key_params = (
         "norm",
         "baseline_norms",

@@ -734,7 +734,7 @@ class StableForward(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
-    book_seconds = 15.0
+    book_seconds = 17.0
     key_params = (
         "norms",
         "variants",

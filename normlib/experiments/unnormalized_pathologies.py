@@ -660,7 +660,7 @@ class UnnormalizedPathologies(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
-    book_seconds = 15.0
+    book_seconds = 14.0
     key_params = (
         "norm",
         "depth",
