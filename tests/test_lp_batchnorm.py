@@ -158,9 +158,14 @@ def test_measurement_is_tidy_and_deterministic(tiny):
 
 def test_l1_and_l2_pair_at_more_seeds_and_the_others_use_the_first(tiny):
     config, measured = tiny
-    assert len(lb.paired_differences(measured, "l1bn", "bn")) == 3
-    assert len(lb.paired_differences(measured, "topkbn", "bn")) == 2
-    assert len(lb.paired_differences(measured, "bwn", "bn")) == 2
+    assert lb.pairs(config, "l1bn") == 3 and lb.pairs(config, "topkbn") == 2 == lb.pairs(config, "bwn")
+    assert len(lb.paired_differences(measured, "l1bn", "bn", 3)) == 3
+    assert len(lb.paired_differences(measured, "topkbn", "bn", 2)) == 2
+    # a pair whose run is missing is NaN, and the row fails: every run it pairs must have trained
+    train = measured["train"]
+    gone = {**measured, "train": train[~((train.norm == "l1bn") & (train.repeat == 2))]}
+    assert math.isnan(lb.paired_differences(gone, "l1bn", "bn", 3)[2])
+    assert not rows_of(config, gone)["L.l1_vs_l2"].passed
     twins = measured["fp16"][(measured["fp16"].stats == "fp32") & (measured["fp16"].norm == "l1bn")]
     assert lb.fp16_accuracy(measured, "l1bn", "fp32", config["repeats"]) == pytest.approx(
         twins[twins.repeat < 2].test_accuracy.mean()
@@ -397,6 +402,8 @@ def test_every_row_has_a_kind_and_an_alternative_that_fails(tiny):
     assert {cid for cid, c in rows.items() if not c.expected} == EXPECTED_NOT_REPRODUCED
     # rows whose verdict varies with the seed: their recorded verdicts at seeds 0-2, no expectation elsewhere
     assert set(lb.VARIES) == {"L.linf_vs_l2", "L.fp16_l1_trains"}
+    # chosen after looking at seeds 0-2: expected there, no expectation at another seed
+    assert [lb._expected("L.l1_vs_l2", seed) for seed in range(4)] == [True, True, True, None]
     for cid, pattern in lb.VARIES.items():
         assert [lb._expected(cid, seed) for seed in range(3)] == list(pattern) and lb._expected(cid, 3) is None
         assert cid in lb.REASONS

@@ -98,7 +98,9 @@ L1_SURVIVAL_REL_ERR = 0.02
 #: The window where L2 is predicted to overflow and L1 not: n from 1.25 x the L2 size to 0.8 x the L1 size.
 WINDOW = (1.25, 0.8)
 WINDOW_POINTS = 4
-#: Accuracy margin of the training comparisons (fraction of the test set). See the notebook for its reason.
+#: Accuracy margin of the training comparisons (fraction of the test set): the paper's own largest gap in its Lp
+#: table, L-infinity against L2 (35.8 against 33.8 % error), so "within the margin" means "no further behind than the
+#: paper's worst normalizer", a lenient test of the paper's "about equal" (the notebook says so).
 ACC_MARGIN = 0.02
 #: The C_L1 ablation (Hoffer et al.'s fig. (c)) trains L1 batch norm in this small CIFAR ResNet (6n+2 with n = 1:
 #: a stem and one post-activation block per stage), where the normalizers' output scale reaches the residual sums
@@ -134,6 +136,13 @@ HALF_SKIPPED = (
 VARIES: dict[str, tuple[bool, ...]] = {
     "L.linf_vs_l2": (True, True, False),
     "L.fp16_l1_trains": (True, False, True),
+}
+
+#: The rows whose book setting was chosen after looking at chapter seeds 0-2 (L.l1_vs_l2's pair_repeats): the book
+#: expects their verdicts there, recorded, and claims nothing at another seed (a seed beyond 2 is evidence the choice
+#: never saw).
+CHOSEN_AT_BOOK_SEEDS: dict[str, tuple[bool, ...]] = {
+    "L.l1_vs_l2": (True, True, True),
 }
 
 #: Why each row expected "not reproduced" (or expected to vary with the seed) at the book's defaults is so.
@@ -184,10 +193,11 @@ REASONS = {
 
 
 def _expected(cid: str, seed: int) -> bool | None:
-    """A row's expected verdict at chapter ``seed``: for :data:`VARIES`, its recorded verdict at seeds 0-2 and
-    ``None`` (varies) at any other; else reproduced unless it has a reason in :data:`REASONS`."""
-    if cid in VARIES:
-        pattern = VARIES[cid]
+    """A row's expected verdict at chapter ``seed``: for :data:`VARIES` and :data:`CHOSEN_AT_BOOK_SEEDS`, its
+    recorded verdict at seeds 0-2 and ``None`` (no expectation) at any other; else reproduced unless it has a reason
+    in :data:`REASONS`."""
+    if cid in VARIES or cid in CHOSEN_AT_BOOK_SEEDS:
+        pattern = VARIES.get(cid) or CHOSEN_AT_BOOK_SEEDS[cid]
         return pattern[seed] if 0 <= seed < len(pattern) else None
     return cid not in REASONS
 
@@ -1095,13 +1105,21 @@ def mean_accuracy(measured: dict[str, pd.DataFrame], norm: str) -> float:
 EQUIV_SE = 2.0
 
 
-def paired_differences(measured: dict[str, pd.DataFrame], norm: str, reference: str) -> np.ndarray:
-    """Per seed (repeat) at the book's learning rate, ``norm``'s test accuracy minus ``reference``'s (same seed: same
-    data, same order), over the seeds both ran (L2 runs ``pair_repeats`` seeds, Top-k ``repeats``); NaN where either
-    diverged."""
+def pairs(config: Mapping[str, Any], norm: str, reference: str = "bn") -> int:
+    """How many seeds pair ``norm`` with ``reference``: the fewer of their :func:`lp_repeats`."""
+    return min(lp_repeats(config, norm), lp_repeats(config, reference))
+
+
+def paired_differences(
+    measured: dict[str, pd.DataFrame], norm: str, reference: str, n_pairs: int | None = None
+) -> np.ndarray:
+    """Per seed (repeat) ``0 .. n_pairs - 1`` at the book's learning rate, ``norm``'s test accuracy minus
+    ``reference``'s (same seed: same data, same order); NaN where either diverged or did not run, so that a comparison
+    counts only when every run it pairs trained. ``n_pairs`` (:func:`pairs`): by default every seed ``reference``
+    ran."""
     train = measured["train"]
-    ran = train[train.arm == "book_lr"]
-    repeats = sorted(set(ran[ran.norm == reference]["repeat"]) & set(ran[ran.norm == norm]["repeat"]))
+    ran = train[(train.arm == "book_lr") & (train.norm == reference)]
+    repeats = range(n_pairs) if n_pairs is not None else sorted(set(ran["repeat"]))
     return np.array(
         [accuracy(measured, norm, "book_lr", r) - accuracy(measured, reference, "book_lr", r) for r in repeats]
     )
@@ -1437,15 +1455,16 @@ def _lp_table_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame
     for norm, cid, who in (("l1bn", "L.l1_vs_l2", "L1"), ("topkbn", "L.topk_vs_l2", f"Top-{k}")):
         if norm not in norms:
             continue
-        diffs = paired_differences(measured, norm, "bn")
-        pairs = min(lp_repeats(config, norm), lp_repeats(config, "bn"))
+        n_pairs = pairs(config, norm)
+        diffs = paired_differences(measured, norm, "bn", n_pairs)
         checks.append(
             claims.check_at_least(
                 cid,
                 PAPER,
-                f"{who} batch norm trains as well as L2, within {ACC_MARGIN:.0%}: the mean over {pairs} seed(s) of "
-                f"{who}'s test accuracy minus L2's (same seed), less {EQUIV_SE:g} standard errors, at least "
-                f"-{ACC_MARGIN:g} (every run trained; ResNet-18 ImageNet: {who} {paper[norm]}, L2 {paper['bn']})",
+                f"{who} batch norm trains as well as L2, no more than {ACC_MARGIN:.0%} below it: the mean over "
+                f"{n_pairs} seed(s) of {who}'s test accuracy minus L2's (same seed), less {EQUIV_SE:g} standard "
+                f"errors, at least -{ACC_MARGIN:g} (every run trained; ResNet-18 ImageNet: {who} {paper[norm]}, L2 "
+                f"{paper['bn']})",
                 -ACC_MARGIN,
                 equivalence_bound(diffs),
                 kind="paper",
@@ -1458,7 +1477,7 @@ def _lp_table_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame
             )
         )
     if "linfbn" in norms:
-        diffs = paired_differences(measured, "linfbn", "bn")
+        diffs = paired_differences(measured, "linfbn", "bn", pairs(config, "linfbn"))
         # the upper end of the paired mean's interval: mean + EQUIV_SE standard errors
         upper = -equivalence_bound(-diffs)
         checks.append(
@@ -1491,7 +1510,7 @@ def _wn_checks(config: Mapping[str, Any], measured: dict[str, pd.DataFrame]) -> 
     lost = 2 * ACC_MARGIN
     checks = []
     if {"bn", "bwn"} <= norms:
-        diffs = paired_differences(measured, "bwn", "bn")
+        diffs = paired_differences(measured, "bwn", "bn", pairs(config, "bwn"))
         checks.append(
             claims.check_at_least(
                 "L.bwn_vs_bn",
