@@ -755,7 +755,7 @@ class InformativeForward(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
-    book_seconds = 113.0
+    book_seconds = 108.0
     key_params = (
         "group_sizes",
         "width",

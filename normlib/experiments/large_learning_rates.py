@@ -992,7 +992,7 @@ class LargeLearningRates(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
-    book_seconds = 48.0
+    book_seconds = 53.0
     key_params = (
         "norm",
         "arch",

@@ -854,7 +854,7 @@ class StableBackward(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
-    book_seconds = 83.0
+    book_seconds = 94.0
     key_params = (
         "group_sizes",
         "width",

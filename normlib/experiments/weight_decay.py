@@ -917,7 +917,7 @@ class WeightDecay(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
-    book_seconds = 55.0
+    book_seconds = 59.0
     key_params = (
         "arch",
         "width",
