@@ -195,6 +195,7 @@ EXPECTED_NOT_REPRODUCED = {
     "L.bwn_vs_wn",
     "L.topk_vs_l2",
     "L.c_l1_best",
+    "L.l1_vs_l2",
     "L.bwn_vs_bn",
 }
 
@@ -401,9 +402,7 @@ def test_every_row_has_a_kind_and_an_alternative_that_fails(tiny):
         assert c.passed or c.kind == "paper" and not c.expected, c
     assert {cid for cid, c in rows.items() if not c.expected} == EXPECTED_NOT_REPRODUCED
     # rows whose verdict varies with the seed: their recorded verdicts at seeds 0-2, no expectation elsewhere
-    assert set(lb.VARIES) == {"L.linf_vs_l2", "L.fp16_l1_trains"}
-    # chosen after looking at seeds 0-2: expected there, no expectation at another seed
-    assert [lb._expected("L.l1_vs_l2", seed) for seed in range(4)] == [True, True, True, None]
+    assert set(lb.VARIES) == {"L.l1_vs_l2", "L.linf_vs_l2", "L.fp16_l1_trains"}
     for cid, pattern in lb.VARIES.items():
         assert [lb._expected(cid, seed) for seed in range(3)] == list(pattern) and lb._expected(cid, 3) is None
         assert cid in lb.REASONS

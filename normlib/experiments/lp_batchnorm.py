@@ -134,19 +134,21 @@ HALF_SKIPPED = (
 #: verdicts at chapter seeds 0, 1 and 2 on the CPU, where runs are bit-identical: the gate checks each. At any other
 #: seed the book expects no particular verdict.
 VARIES: dict[str, tuple[bool, ...]] = {
+    "L.l1_vs_l2": (False, True, True),
     "L.linf_vs_l2": (True, True, False),
     "L.fp16_l1_trains": (True, False, True),
 }
 
-#: The rows whose book setting was chosen after looking at chapter seeds 0-2 (L.l1_vs_l2's pair_repeats): the book
-#: expects their verdicts there, recorded, and claims nothing at another seed (a seed beyond 2 is evidence the choice
-#: never saw).
-CHOSEN_AT_BOOK_SEEDS: dict[str, tuple[bool, ...]] = {
-    "L.l1_vs_l2": (True, True, True),
-}
-
 #: Why each row expected "not reproduced" (or expected to vary with the seed) at the book's defaults is so.
 REASONS = {
+    "L.l1_vs_l2": (
+        "not decided at this scale: seed for seed, L1 minus L2 spreads by several points after one epoch, and the "
+        "mean less two standard errors (the scorecard shows it at each seed) clears -2 points at chapter seeds 1 and "
+        "2 only (CPU), so the book does not count it. More pairs do not settle it: with pair_repeats 10 the bound "
+        "cleared -2 at chapter seeds 0, 1, 2 and 3 but not 4 and 5 (-2.6 and -7.8 points), because a single run of "
+        "either normalizer sometimes collapses in its first epoch (an L1 run reached 46 % at seed 5, an L2 run 61 % "
+        "at seed 4), and a mean less two standard errors follows such outliers"
+    ),
     "L.l2_fp32_acc": (
         "a float32 accumulator sums the squares without overflow, and their mean, sigma^2 <= "
         f"{SIGMA_RANGE[1] ** 2:g}, is far below float16's largest value at every sigma of the experiment: this "
@@ -193,11 +195,10 @@ REASONS = {
 
 
 def _expected(cid: str, seed: int) -> bool | None:
-    """A row's expected verdict at chapter ``seed``: for :data:`VARIES` and :data:`CHOSEN_AT_BOOK_SEEDS`, its
-    recorded verdict at seeds 0-2 and ``None`` (no expectation) at any other; else reproduced unless it has a reason
-    in :data:`REASONS`."""
-    if cid in VARIES or cid in CHOSEN_AT_BOOK_SEEDS:
-        pattern = VARIES.get(cid) or CHOSEN_AT_BOOK_SEEDS[cid]
+    """A row's expected verdict at chapter ``seed``: for :data:`VARIES`, its recorded verdict at seeds 0-2 and
+    ``None`` (varies) at any other; else reproduced unless it has a reason in :data:`REASONS`."""
+    if cid in VARIES:
+        pattern = VARIES[cid]
         return pattern[seed] if 0 <= seed < len(pattern) else None
     return cid not in REASONS
 
@@ -328,9 +329,8 @@ BOOK = {
     "width": 16,
     "resnet_depth": 56,
     "repeats": 3,
-    # 10, not 3: with three pairs the equivalence bound of L.l1_vs_l2 split over seeds 0-2 (-5.6, -0.9, +0.3 points);
-    # set after looking at ten pairs at seeds 0-2 (bounds -1.5, -1.05, -1.27 points)
-    "pair_repeats": 10,
+    # 3, as the other comparisons: ten pairs did not settle L.l1_vs_l2 either (its reason), at 1.5 x the chapter's cost
+    "pair_repeats": 3,
     "c_factors": [0.25, 1.0, 4.0],
     "ablation_width": 4,
     "ablation_steps": None,
@@ -1699,7 +1699,7 @@ class LpBatchNorm(Experiment):
     title = TITLE
     paper = PAPER
     spec = SPEC
-    book_seconds = 302.0
+    book_seconds = 198.0
     key_params = (
         "norms",
         "fp16_weight_decay",
