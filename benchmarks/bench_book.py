@@ -5,8 +5,10 @@ every chapter at seeds 0, 1 and 2 in one pool of single-threaded workers (``pyth
 record is one chapter-seed on one core. From them this script prints, per chapter, the seconds per seed, and two
 targets of ``DESIGN.md``:
 
-* a chapter's page, cold, on 2 cores (its pieces spread over both): about ``seconds / 2``, target <= 120 s for a
-  training chapter;
+* a chapter's page, cold, on 2 cores: at least ``seconds / 2`` (its pieces spread perfectly over both), target
+  <= 120 s for a training chapter. This is a floor, not the page's time: the page also starts a pool per sweep, runs
+  its serial stretches on one core, and starts a kernel and draws (measured on 2026-11-26 with
+  ``python -m normlib run`` on a cold cache: ch07 103 s against a floor of 28, ch08 181 s against 99);
 * the whole book, cold, on 2 cores, with seeds 0-2: at least ``sum / 2`` for the measurements alone (the pages,
   Sphinx and the environment come on top), target <= 360 s.
 
@@ -49,8 +51,8 @@ def main() -> list[Row]:
         mean = sum(found) / len(found)
         total += mean * len(BOOK_SEEDS)
         seeds = " ".join(f"{s:6.1f}" for s in found)
-        print(f"  {stem:<34} seconds per seed (one core): {seeds}   page on {CORES} cores ~ {mean / CORES:5.0f} s")
-        rows.append(Row("book", f"{stem[:2]} page, cold, {CORES} cores (s)", mean / CORES, PAGE_TARGET))
+        print(f"  {stem:<34} seconds per seed (one core): {seeds}   page on {CORES} cores >= {mean / CORES:5.0f} s")
+        rows.append(Row("book", f"{stem[:2]} page floor, cold, {CORES} cores (s)", mean / CORES, PAGE_TARGET))
     if complete:
         floor = total / CORES
         print(f"  all chapters x {len(BOOK_SEEDS)} seeds: {total:.0f} s of one core; on {CORES} cores >= {floor:.0f} s")
