@@ -211,17 +211,21 @@ def test_claims_falsify_flags_a_row_that_passes_under_its_alternative(monkeypatc
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "command, args, message",
     [
-        (["--only", "nothing"], "--only: unknown notebook 'nothing'"),
-        (["--only", "01_stable_forward", "nothing"], "--only: unknown notebook 'nothing'"),
-        (["--json", "/no/such/folder/claims.json"], "--json: the folder"),
-        (["--seeds", "0,x"], "--seeds: invalid value"),
-        (["--preset", "huge"], "--preset: invalid value 'huge'"),
+        ("claims", ["--only", "nothing"], "--only: unknown notebook 'nothing'"),
+        ("claims", ["--only", "01_stable_forward", "nothing"], "--only: unknown notebook 'nothing'"),
+        ("claims", ["--json", "/no/such/folder/claims.json"], "--json: the folder"),
+        ("claims", ["--seeds", "0,x"], "--seeds: invalid value"),
+        ("claims", ["--preset", "huge"], "--preset: invalid value 'huge'"),
+        ("compute", ["--only", "nothing"], "--only: unknown notebook 'nothing'"),
+        ("compute", ["--seeds", "1,1"], "--seeds: invalid value"),
+        ("compute", ["--jobs", "0"], "--jobs: invalid value 0"),
+        ("compute", ["--preset", "huge"], "--preset: invalid value 'huge'"),
     ],
 )
-def test_claims_options_are_checked_before_any_compute(args, message, capsys):
-    assert cli.main(["claims", *args]) == 2
+def test_claims_and_compute_options_are_checked_before_any_compute(command, args, message, capsys):
+    assert cli.main([command, *args]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -235,20 +239,6 @@ def test_compute_fills_the_cache_that_claims_then_reads(monkeypatch, capsys, tmp
     # the verdicts were not judged: compute exits 0 even where the gate would fail
     monkeypatch.setattr(sf, "EXPERIMENT", TinyStableForward(doubling=True))
     assert cli.main(["compute", "--jobs", "1", "--only", "01_stable_forward", "--seeds", "0"]) == 0
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--only", "nothing"], "--only: unknown notebook 'nothing'"),
-        (["--seeds", "1,1"], "--seeds: invalid value"),
-        (["--jobs", "0"], "--jobs: invalid value 0"),
-        (["--preset", "huge"], "--preset: invalid value 'huge'"),
-    ],
-)
-def test_compute_options_are_checked_before_any_compute(args, message, capsys):
-    assert cli.main(["compute", *args]) == 2
-    assert message in capsys.readouterr().err
 
 
 def test_dry_run_validates_prints_and_computes_nothing(tmp_path, capsys):

@@ -887,9 +887,7 @@ def fp16_runs(config: Mapping[str, Any]) -> list[tuple[str, str, int]]:
         if norm not in config["norms"]:
             continue
         low = 1 if norm == "bn" else config["repeats"]
-        twins = config["repeats"] if norm == "l1bn" or shares_twins(config) else 1
-        if shares_twins(config):
-            twins = lp_repeats(config, norm)
+        twins = lp_repeats(config, norm) if shares_twins(config) else config["repeats"] if norm == "l1bn" else 1
         runs += [(norm, "fp16", r) for r in range(low)] + [(norm, "fp32", r) for r in range(twins)]
     return runs
 
@@ -1110,18 +1108,12 @@ def pairs(config: Mapping[str, Any], norm: str, reference: str = "bn") -> int:
     return min(lp_repeats(config, norm), lp_repeats(config, reference))
 
 
-def paired_differences(
-    measured: dict[str, pd.DataFrame], norm: str, reference: str, n_pairs: int | None = None
-) -> np.ndarray:
-    """Per seed (repeat) ``0 .. n_pairs - 1`` at the book's learning rate, ``norm``'s test accuracy minus
-    ``reference``'s (same seed: same data, same order); NaN where either diverged or did not run, so that a comparison
-    counts only when every run it pairs trained. ``n_pairs`` (:func:`pairs`): by default every seed ``reference``
-    ran."""
-    train = measured["train"]
-    ran = train[(train.arm == "book_lr") & (train.norm == reference)]
-    repeats = range(n_pairs) if n_pairs is not None else sorted(set(ran["repeat"]))
+def paired_differences(measured: dict[str, pd.DataFrame], norm: str, reference: str, n_pairs: int) -> np.ndarray:
+    """Per seed (repeat) ``0 .. n_pairs - 1`` (:func:`pairs`) at the book's learning rate, ``norm``'s test accuracy
+    minus ``reference``'s (same seed: same data, same order); NaN where either diverged or did not run, so that a
+    comparison counts only when every run it pairs trained."""
     return np.array(
-        [accuracy(measured, norm, "book_lr", r) - accuracy(measured, reference, "book_lr", r) for r in repeats]
+        [accuracy(measured, norm, "book_lr", r) - accuracy(measured, reference, "book_lr", r) for r in range(n_pairs)]
     )
 
 
